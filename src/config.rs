@@ -1,0 +1,116 @@
+//! Settings: `config/default.toml`, then `config/$KIZUNA_ENV.toml`, then `KIZUNA__SECTION__KEY`
+//! environment variables; `DATABASE_URL` wins for the database URL.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub ingest: IngestSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP API listens on.
+    pub bind: String,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Seconds in-flight requests get to finish after a shutdown signal.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Empty: 127.0.0.1:5432 if it answers, else the embedded cluster.
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout_secs: u64,
+    pub acquire_timeout_secs: u64,
+    pub statement_timeout_secs: u64,
+    pub embedded_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Bootstrap admin token; empty disables it.
+    pub admin_token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub max_message_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_batch_messages: usize,
+    pub max_message_id_chars: usize,
+    pub source_cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the layered configuration from `dir` (normally `./config`).
+    pub fn load_from(dir: &Path) -> Result<Settings, config::ConfigError> {
+        let env = std::env::var("KIZUNA_ENV").unwrap_or_default();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(
+                include_str!("../config/default.toml"),
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from(dir.join("default.toml")).required(false));
+        if !env.is_empty() {
+            builder = builder
+                .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("KIZUNA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                builder = builder.set_override("database.url", url)?;
+            }
+        }
+        builder.build()?.try_deserialize()
+    }
+
+    /// The configuration as `kizuna` sees it from the current directory.
+    pub fn load() -> Result<Settings, config::ConfigError> {
+        Settings::load_from(Path::new("config"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_defaults_parse() {
+        let settings = Settings::load_from(Path::new("/nonexistent")).unwrap();
+        assert_eq!(settings.server.bind, "127.0.0.1:8080");
+        assert_eq!(settings.ingest.max_batch_messages, 2500);
+    }
+}

@@ -1,0 +1,187 @@
+//! PostgreSQL access: the connection pool, how database failures map to client answers, the
+//! migrations runner and the embedded default cluster.
+
+pub mod embedded;
+pub mod migrate;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+use crate::error::ApiError;
+
+/// The pool plus the time budget every request-path database operation gets.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    op_timeout: Duration,
+}
+
+/// Why a database operation failed, split by what the client should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server cannot be reached or did not answer in time: retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The server answered with an error.
+    #[error(transparent)]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// The SQLSTATE of a server-side error, if any.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Query(e) => e.code(),
+            DbError::Unavailable(_) => None,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        DbError::Unavailable(err.to_string())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        match err {
+            DbError::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                ApiError::unavailable("the database is unavailable; retry later")
+            }
+            DbError::Query(e) if is_connection_error(&e) => {
+                tracing::warn!(error = %e, "database connection lost");
+                ApiError::unavailable("the database is unavailable; retry later")
+            }
+            DbError::Query(e) => {
+                ApiError::Internal(anyhow::Error::new(e).context("database query"))
+            }
+        }
+    }
+}
+
+/// True when the error means "no server", not "the server said no".
+pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if err.is_closed() {
+        return true;
+    }
+    match err.code() {
+        None => true,
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || code.code().starts_with("08")
+        }
+    }
+}
+
+impl Db {
+    pub fn connect(settings: &DatabaseSettings, url: &str) -> anyhow::Result<Db> {
+        let mut pg = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
+        pg.connect_timeout(Duration::from_secs(settings.connect_timeout_secs));
+        pg.application_name("kizuna");
+        pg.keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let acquire = Duration::from_secs(settings.acquire_timeout_secs);
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(acquire))
+            .create_timeout(Some(Duration::from_secs(settings.connect_timeout_secs)))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .build()
+            .context("building the connection pool")?;
+        Ok(Db {
+            pool,
+            op_timeout: Duration::from_secs(settings.statement_timeout_secs),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A pooled connection, or `Unavailable` when none can be had in time.
+    pub async fn conn(&self) -> Result<deadpool_postgres::Object, DbError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs a request-path database operation under the time budget: a hung database becomes a
+    /// prompt 503, never a request that waits forever.
+    pub async fn timed<T>(
+        &self,
+        op: impl Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        match tokio::time::timeout(self.op_timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer within {} s",
+                self.op_timeout.as_secs()
+            ))),
+        }
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Creates the database named in `url` when it does not exist (connecting to `postgres` to do so).
+pub async fn ensure_database(url: &str, connect_timeout: Duration) -> anyhow::Result<()> {
+    let mut target = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
+    let name = target.get_dbname().unwrap_or("postgres").to_string();
+    if name == "postgres" {
+        return Ok(());
+    }
+    target.connect_timeout(connect_timeout);
+    let mut admin = target.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.with_context(|| {
+        format!("connecting to PostgreSQL to check that database {name:?} exists")
+    })?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let sql = format!("CREATE DATABASE {}", quote_ident(&name));
+        match client.batch_execute(&sql).await {
+            Ok(()) => tracing::info!(database = %name, "created the database"),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating database {name:?}")),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// Quotes an SQL identifier (for the few statements, like CREATE DATABASE, that take no parameters).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether something accepts TCP connections on `addr` within `timeout`.
+pub async fn answers(addr: &str, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,163 @@
+//! HTTP wiring only: routes to stage functions, extractor error handling, the request
+//! middleware (metrics, panics → 500 problem) and shared response shapes.
+
+pub mod admin;
+pub mod openapi;
+pub mod ops;
+pub mod tracking;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{problem_response, ApiError};
+use crate::startup::AppState;
+
+/// A page of a list: `{"items": [...], "next_cursor": "..." | null}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// `limit` and `cursor` of list endpoints.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items a page (1–1000, default 100).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=1000).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::BadRequest(format!(
+                "`limit` must be between 1 and 1000; got {n}"
+            ))),
+        }
+    }
+
+    /// A cursor over ids in creation order (ids are UUIDv7).
+    pub fn uuid_cursor(&self) -> Result<Option<Uuid>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                Uuid::parse_str(c).map_err(|_| {
+                    ApiError::BadRequest(format!("`cursor` {c:?} is not a cursor this API issued"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Builds a page from one more row than asked for: the extra row only says there is a next page.
+pub fn page_by_id<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Page<T> {
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|last| id(last).to_string())
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .content_type_required(false)
+            .limit(1024 * 1024)
+            .error_handler(|err, _| {
+                ApiError::BadRequest(format!("invalid JSON body: {err}")).into()
+            }),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into()),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::BadRequest(format!("invalid query string: {err}")).into()
+    }))
+    .service(
+        web::scope("")
+            .wrap_fn(|req, srv| {
+                // No clone of the request may live while the router runs (it needs it unique).
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path = req.path().to_string();
+                let call = srv.call(req);
+                async move {
+                    match AssertUnwindSafe(call).catch_unwind().await {
+                        Ok(Ok(response)) => {
+                            record(response.request(), response.status(), started);
+                            Ok(response)
+                        }
+                        Ok(Err(err)) => Err(err),
+                        Err(_) => {
+                            tracing::error!(%method, %path, "a request handler panicked");
+                            // actix renders an error returned here through ResponseError.
+                            Err(ApiError::Internal(anyhow::anyhow!(
+                                "handler panicked on {method} {path}"
+                            ))
+                            .into())
+                        }
+                    }
+                }
+            })
+            .configure(tracking::routes)
+            .configure(admin::routes)
+            .configure(ops::routes)
+            .default_service(web::to(not_found)),
+    );
+}
+
+fn record(req: &HttpRequest, status: StatusCode, started: Instant) {
+    let elapsed = started.elapsed();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        let method = req.method().as_str();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[method, &route, status.as_str()])
+            .inc();
+        state
+            .metrics
+            .http_duration
+            .with_label_values(&[method, &route])
+            .observe(elapsed.as_secs_f64());
+    }
+    tracing::debug!(method = %req.method(), %route, status = status.as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    problem_response(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no such endpoint: {} {}", req.method(), req.path()),
+    )
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    problem_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    )
+}
+
+/// A resource that answers unknown methods with a 405 problem.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}

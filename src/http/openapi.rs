@@ -1,0 +1,36 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations so it cannot drift.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, ops, tracking};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kizuna", description = "Kizuna customer data platform API"),
+    paths(
+        tracking::batch, tracking::identify, tracking::track, tracking::page, tracking::screen,
+        tracking::group, tracking::alias,
+        admin::create_source, admin::list_sources, admin::get_source, admin::update_source,
+        admin::delete_source, admin::create_api_key, admin::list_api_keys, admin::delete_api_key,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "write_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Kizuna (絆), an open-source customer data platform. The modules follow the data flow:
+//! sources → ingest → identity → profiles → segments → exports.
+
+pub mod auth;
+pub mod bench;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod sources;
+pub mod startup;
+pub mod telemetry;

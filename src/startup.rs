@@ -1,0 +1,149 @@
+//! Building the running service: resolve the database (configured, local, or embedded), pool,
+//! migrations, shared state, and the HTTP server; then run it until a shutdown signal.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{dev::Server, web, App, HttpServer};
+use anyhow::{bail, Context};
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::db::{self, embedded::EmbeddedPostgres, Db};
+use crate::metrics::Metrics;
+use crate::sources::WriteKeys;
+
+/// Everything request handlers share.
+pub struct AppState {
+    pub settings: Settings,
+    pub db: Db,
+    pub auth: Authenticator,
+    pub write_keys: WriteKeys,
+    pub metrics: Metrics,
+}
+
+pub struct Application {
+    server: Server,
+    address: SocketAddr,
+    state: web::Data<AppState>,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+/// The database URL to use: the configured one; else 127.0.0.1:5432 if it answers; else a
+/// freshly started embedded cluster.
+pub async fn resolve_database(
+    settings: &Settings,
+) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if !settings.database.url.is_empty() {
+        return Ok((settings.database.url.clone(), None));
+    }
+    if db::answers("127.0.0.1:5432", Duration::from_secs(1)).await {
+        tracing::info!(
+            "no database configured: using PostgreSQL on 127.0.0.1:5432, database kizuna"
+        );
+        return Ok(("postgres://postgres@127.0.0.1:5432/kizuna".into(), None));
+    }
+    let dir = settings.database.embedded_dir.clone();
+    let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;
+    Ok((cluster.url(), Some(cluster)))
+}
+
+/// Connects, creates the database if missing and applies migrations.
+pub async fn prepare_database(settings: &Settings, url: &str) -> anyhow::Result<Db> {
+    db::ensure_database(
+        url,
+        Duration::from_secs(settings.database.connect_timeout_secs),
+    )
+    .await?;
+    let db = Db::connect(&settings.database, url)?;
+    db::migrate::run(&db).await.context("applying migrations")?;
+    Ok(db)
+}
+
+fn is_loopback(bind: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match bind.to_socket_addrs() {
+        Ok(mut addrs) => addrs.all(|a| a.ip().is_loopback()),
+        Err(_) => bind.starts_with("localhost:"),
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if settings.auth.admin_token.is_empty() && !is_loopback(&settings.server.bind) {
+            bail!(
+                "refusing to listen on {} without an admin token: set auth.admin_token \
+                 (KIZUNA__AUTH__ADMIN_TOKEN) or bind a loopback address",
+                settings.server.bind
+            );
+        }
+        let (url, embedded) = resolve_database(&settings).await?;
+        let db = prepare_database(&settings, &url).await?;
+        let ttl = Duration::from_secs(settings.ingest.source_cache_ttl_secs);
+        let state = web::Data::new(AppState {
+            auth: Authenticator::new(&settings.auth.admin_token, ttl),
+            write_keys: WriteKeys::new(ttl),
+            metrics: Metrics::new(),
+            db,
+            settings,
+        });
+        let listener = TcpListener::bind(&state.settings.server.bind)
+            .with_context(|| format!("binding {}", state.settings.server.bind))?;
+        let address = listener.local_addr()?;
+        let workers = match state.settings.server.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        };
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(crate::http::configure)
+        })
+        .workers(workers)
+        .shutdown_timeout(state.settings.shutdown_timeout())
+        .listen(listener)?
+        .run();
+        tracing::info!(%address, "kizuna is listening");
+        Ok(Application {
+            server,
+            address,
+            state,
+            embedded,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone().into_inner()
+    }
+
+    /// A handle that stops the server gracefully (as SIGTERM does).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM (or `handle().stop`), lets in-flight requests finish, then
+    /// closes the pool and stops the embedded cluster if one was started.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let result = self.server.await;
+        tracing::info!("HTTP server stopped; closing the database pool");
+        self.state.db.close();
+        if let Some(cluster) = self.embedded {
+            tokio::task::spawn_blocking(move || cluster.stop()).await?;
+        }
+        result.context("running the HTTP server")
+    }
+}
+
+impl Settings {
+    fn shutdown_timeout(&self) -> u64 {
+        self.server.shutdown_timeout_secs
+    }
+}
