@@ -261,11 +261,10 @@ fn parse_message(
     let event = optional_string(&mut map, "event", at)?;
     let name = optional_id(&mut map, "name", at)?;
     match kind {
-        MessageType::Alias => {
-            if previous_id.is_none() || user_id.is_none() {
-                return Err(at.err("an alias needs both `previousId` and `userId`".into()));
-            }
+        MessageType::Alias if previous_id.is_none() || user_id.is_none() => {
+            return Err(at.err("an alias needs both `previousId` and `userId`".into()));
         }
+        MessageType::Alias => {}
         _ if user_id.is_none() && anonymous_id.is_none() => {
             return Err(at.err("`userId` or `anonymousId` is required".into()));
         }

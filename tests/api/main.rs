@@ -1,0 +1,6 @@
+//! Black-box tests of the HTTP API: a real server, real PostgreSQL, a fresh database per test.
+
+mod admin;
+mod helpers;
+mod operations;
+mod tracking;
