@@ -1,7 +1,372 @@
-use crate::config::Settings;
+//! `kizuna bench ingest`: posts realistic Segment batches to a Kizuna server running in this
+//! process (fresh database), then COPYs the very same rows into a table of the same shape. The
+//! figure is ingest rate / COPY rate, both measured in the same run on the same machine.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use chrono::Utc;
 use clap::Args;
-#[derive(Args)]
-pub struct IngestBench {}
-pub async fn run(_a: IngestBench, _s: Settings) -> anyhow::Result<()> {
+use futures::pin_mut;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::ingest::message::{parse_batch, Limits, Message};
+use crate::startup::Application;
+
+#[derive(Args, Debug)]
+pub struct IngestBench {
+    /// Messages to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: usize,
+    /// Messages a batch request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent HTTP connections (and COPY connections).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// PostgreSQL server to create the benchmark database on.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub server: String,
+    /// Keep the benchmark database afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()> {
+    ensure!(
+        args.batch > 0 && args.connections > 0,
+        "--batch and --connections must be positive"
+    );
+    let db_name = format!("kizuna_bench_{}", Utc::now().format("%Y%m%d%H%M%S"));
+    settings.database.url = format!("{}/{db_name}", args.server.trim_end_matches('/'));
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.auth.admin_token = crate::auth::new_secret("bench_");
+    let admin_token = settings.auth.admin_token.clone();
+
+    eprintln!(
+        "generating {} messages in batches of {}…",
+        args.messages, args.batch
+    );
+    let bodies = generate_bodies(args.messages, args.batch);
+    let bytes: usize = bodies.iter().map(|b| b.len()).sum();
+    eprintln!(
+        "  {} requests, {:.0} MB, {:.0} bytes a message",
+        bodies.len(),
+        bytes as f64 / 1e6,
+        bytes as f64 / args.messages as f64
+    );
+
+    let app = Application::build(settings.clone()).await?;
+    let base = format!("http://{}", app.address());
+    let state = app.state();
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let client = reqwest::Client::new();
+    let source: Value = client
+        .post(format!("{base}/v1/sources"))
+        .bearer_auth(&admin_token)
+        .json(&json!({"name": "bench", "kind": "web"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let write_key = source["write_key"]
+        .as_str()
+        .context("no write key")?
+        .to_string();
+    let source_id: Uuid = source["id"].as_str().context("no source id")?.parse()?;
+
+    eprintln!("ingest: {} connections…", args.connections);
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let (bodies, next, base, key) = (
+            bodies.clone(),
+            next.clone(),
+            base.clone(),
+            write_key.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()?;
+            let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("{base}/v1/batch"))
+                    .basic_auth(&key, Some(""))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                ensure!(
+                    response.status() == 200,
+                    "batch {i}: {} {}",
+                    response.status(),
+                    response.text().await?
+                );
+                latencies.record(sent.elapsed().as_micros() as u64)?;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+    for worker in workers {
+        latencies.add(worker.await??)?;
+    }
+    let ingest_secs = started.elapsed().as_secs_f64();
+    let ingest_rate = args.messages as f64 / ingest_secs;
+
+    let db = state.db.clone();
+    let stored: i64 = db
+        .conn()
+        .await?
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    ensure!(
+        stored as usize == args.messages,
+        "stored {stored} of {} messages",
+        args.messages
+    );
+
+    eprintln!("COPY baseline: the same rows into events_copy…");
+    let rows = Arc::new(parse_rows(&bodies)?);
+    db.conn()
+        .await?
+        .batch_execute("CREATE TABLE events_copy (LIKE events INCLUDING ALL)")
+        .await?;
+    let started = Instant::now();
+    let chunk = rows.len().div_ceil(args.connections);
+    let mut copies = Vec::new();
+    for part in 0..args.connections {
+        let (db, rows) = (db.clone(), rows.clone());
+        copies.push(tokio::spawn(async move {
+            let end = ((part + 1) * chunk).min(rows.len());
+            copy_rows(&db, source_id, &rows[part * chunk..end]).await
+        }));
+    }
+    for copy in copies {
+        copy.await??;
+    }
+    let copy_secs = started.elapsed().as_secs_f64();
+    let copy_rate = args.messages as f64 / copy_secs;
+
+    println!(
+        "kizuna bench ingest: {} messages, batches of {}, {} connections",
+        args.messages, args.batch, args.connections
+    );
+    println!("  ingest  {ingest_rate:>10.0} events/s  ({ingest_secs:.1} s)");
+    println!(
+        "          batch latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.value_at_quantile(0.50) as f64 / 1e3,
+        latencies.value_at_quantile(0.99) as f64 / 1e3,
+        latencies.max() as f64 / 1e3
+    );
+    println!("  COPY    {copy_rate:>10.0} rows/s    ({copy_secs:.1} s)");
+    println!(
+        "  ratio ingest/COPY = {:.2} (target >= 0.35)",
+        ingest_rate / copy_rate
+    );
+
+    handle.stop(true).await;
+    server.await??;
+    if !args.keep {
+        let mut admin: tokio_postgres::Config = args.server.parse()?;
+        admin.dbname("postgres");
+        let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
+            .await?;
+    }
     Ok(())
+}
+
+/// The rows exactly as ingestion stores them.
+fn parse_rows(bodies: &[bytes::Bytes]) -> anyhow::Result<Vec<Message>> {
+    let limits = Limits {
+        max_message_bytes: usize::MAX,
+        max_request_bytes: usize::MAX,
+        max_batch_messages: usize::MAX,
+        max_message_id_chars: 100,
+    };
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for body in bodies {
+        rows.extend(
+            parse_batch(body, now, &limits)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .messages,
+        );
+    }
+    Ok(rows)
+}
+
+async fn copy_rows(db: &crate::db::Db, source_id: Uuid, rows: &[Message]) -> anyhow::Result<()> {
+    let client = db.conn().await?;
+    let sink = client
+        .copy_in(
+            "COPY events_copy (source_id, message_id, type, event, name, user_id, anonymous_id, group_id, previous_id,
+                               ts, original_timestamp, sent_at, received_at, properties, traits, context, integrations, extra)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let types = [
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::JSONB,
+        Type::JSONB,
+        Type::JSONB,
+        Type::JSONB,
+        Type::JSONB,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let received_at = Utc::now();
+    for m in rows {
+        let row: [&(dyn ToSql + Sync); 18] = [
+            &source_id,
+            &m.message_id,
+            &m.kind.as_str(),
+            &m.event,
+            &m.name,
+            &m.user_id,
+            &m.anonymous_id,
+            &m.group_id,
+            &m.previous_id,
+            &m.ts,
+            &m.original_timestamp,
+            &m.sent_at,
+            &received_at,
+            &m.properties,
+            &m.traits,
+            &m.context,
+            &m.integrations,
+            &m.extra,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+const EVENTS: &[&str] = &[
+    "Product Viewed",
+    "Product Added",
+    "Order Completed",
+    "Checkout Started",
+];
+const PLANS: &[&str] = &["free", "plus", "pro"];
+const SIZES: &[&str] = &["S", "M", "L", "XL"];
+
+const PRODUCTS: &[(&str, &str, f64)] = &[
+    ("Linen Shirt", "Apparel", 49.0),
+    ("Trail Running Shoes", "Footwear", 129.9),
+    ("Ceramic Pour-Over Set", "Kitchen", 39.5),
+    ("Noise-Cancelling Headphones", "Electronics", 249.0),
+    ("Merino Wool Beanie", "Accessories", 24.0),
+    ("Cast Iron Skillet", "Kitchen", 59.0),
+];
+
+/// Request bodies of realistic mixed traffic: tracks with 300–500 bytes of properties, pages,
+/// identifies with traits, screens, groups, a few aliases. Deterministic (seeded).
+pub fn generate_bodies(messages: usize, batch: usize) -> Vec<bytes::Bytes> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let base = Utc::now() - chrono::Duration::days(30);
+    let mut bodies = Vec::with_capacity(messages.div_ceil(batch));
+    let mut n = 0;
+    while n < messages {
+        let size = batch.min(messages - n);
+        let batch: Vec<Value> = (0..size).map(|i| message(&mut rng, n + i, base)).collect();
+        n += size;
+        let body = json!({"batch": batch, "sentAt": Utc::now().to_rfc3339(), "context": {"library": {"name": "kizuna-bench", "version": "1.0"}}});
+        bodies.push(bytes::Bytes::from(
+            serde_json::to_vec(&body).expect("serializable"),
+        ));
+    }
+    bodies
+}
+
+fn message(rng: &mut StdRng, i: usize, base: chrono::DateTime<Utc>) -> Value {
+    let person = rng.random_range(0..200_000u32);
+    let anonymous_id = format!("anon-{person:06}-{:04x}", rng.random_range(0..4u32));
+    let user_id = (rng.random_range(0..10) < 6).then(|| format!("user-{person:06}"));
+    let ts = base + chrono::Duration::seconds(rng.random_range(0..30 * 86_400));
+    let (name, category, price) = PRODUCTS[rng.random_range(0..PRODUCTS.len())];
+    let context = json!({
+        "ip": format!("203.0.113.{}", rng.random_range(1..255)),
+        "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+        "locale": "en-GB",
+        "page": {"path": "/products/linen-shirt", "url": "https://shop.example.com/products/linen-shirt", "referrer": "https://www.google.com/"},
+    });
+    let roll = rng.random_range(0..100);
+    let mut m = match roll {
+        0..=49 => json!({
+            "type": "track",
+            "event": EVENTS[rng.random_range(0..EVENTS.len())],
+            "properties": {
+                "product_id": format!("prod_{:05}", rng.random_range(0..50_000)),
+                "sku": format!("SKU-{:08}", rng.random_range(0..99_999_999)),
+                "name": name, "category": category, "brand": "Kizuna Goods",
+                "variant": SIZES[rng.random_range(0..SIZES.len())],
+                "price": price, "quantity": rng.random_range(1..4), "currency": "EUR",
+                "revenue": price * rng.random_range(1..4) as f64, "coupon": "AUTUMN10",
+                "position": rng.random_range(1..40),
+                "url": "https://shop.example.com/products/linen-shirt",
+                "image_url": "https://cdn.example.com/img/linen-shirt-800.jpg",
+            }
+        }),
+        50..=69 => {
+            json!({"type": "page", "name": "Product", "properties": {"title": format!("{name} | Kizuna Goods"), "path": "/products/linen-shirt", "url": "https://shop.example.com/products/linen-shirt", "referrer": "https://www.google.com/search?q=linen+shirt", "search": ""}})
+        }
+        70..=84 => json!({"type": "identify", "traits": {
+            "email": format!("customer{person}@example.com"), "name": format!("Customer {person}"),
+            "plan": PLANS[rng.random_range(0..PLANS.len())], "phone": format!("+44 20 7946 {:04}", person % 10_000),
+            "address": {"city": "London", "country": "GB", "postal_code": "EC1A 1BB"}, "marketing_opt_in": rng.random_bool(0.5),
+        }}),
+        85..=92 => {
+            json!({"type": "screen", "name": "Cart", "properties": {"items": rng.random_range(1..6), "value": price}})
+        }
+        93..=98 => {
+            json!({"type": "group", "groupId": format!("org-{}", person % 5_000), "traits": {"name": "Acme Retail", "industry": "Retail", "employees": 120}})
+        }
+        _ => {
+            json!({"type": "alias", "previousId": anonymous_id, "userId": format!("user-{person:06}")})
+        }
+    };
+    let obj = m.as_object_mut().expect("object");
+    obj.insert("messageId".into(), json!(format!("bench-{i:08}")));
+    obj.insert("anonymousId".into(), json!(anonymous_id));
+    if let Some(user_id) = user_id {
+        obj.entry("userId").or_insert(json!(user_id));
+    }
+    obj.insert("timestamp".into(), json!(ts.to_rfc3339()));
+    obj.insert("context".into(), context);
+    m
 }
