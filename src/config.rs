@@ -12,7 +12,27 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub ingest: IngestSettings,
+    pub identity: IdentitySettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// Identifier kinds, highest priority first; `external` stands for unlisted external id types.
+    pub priority: Vec<String>,
+    /// Extra values that never identify anyone.
+    pub blocked_values: Vec<String>,
+    /// Traits that keep their earliest value.
+    pub set_once_traits: Vec<String>,
+    /// Limit for kinds not listed in `limits`.
+    pub default_limit: usize,
+    /// Per-profile limits by identifier kind.
+    pub limits: std::collections::BTreeMap<String, usize>,
+    /// Events resolved per transaction.
+    pub batch_size: i64,
+    /// Milliseconds the resolver naps when idle.
+    pub poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

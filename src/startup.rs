@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use actix_web::{dev::Server, web, App, HttpServer};
 use anyhow::{bail, Context};
+use tokio::sync::{watch, Notify};
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::db::{self, embedded::EmbeddedPostgres, Db};
+use crate::identity::resolver::Resolver;
+use crate::identity::IdentityRules;
 use crate::metrics::Metrics;
 use crate::sources::WriteKeys;
 
@@ -20,7 +23,10 @@ pub struct AppState {
     pub db: Db,
     pub auth: Authenticator,
     pub write_keys: WriteKeys,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub rules: Arc<IdentityRules>,
+    /// Wakes the identity resolver when new events are stored.
+    pub resolver_wake: Arc<Notify>,
 }
 
 pub struct Application {
@@ -28,6 +34,8 @@ pub struct Application {
     address: SocketAddr,
     state: web::Data<AppState>,
     embedded: Option<EmbeddedPostgres>,
+    shutdown: watch::Sender<bool>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The database URL to use: the configured one; else 127.0.0.1:5432 if it answers; else a
@@ -84,10 +92,22 @@ impl Application {
         let state = web::Data::new(AppState {
             auth: Authenticator::new(&settings.auth.admin_token, ttl),
             write_keys: WriteKeys::new(ttl),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
+            rules: Arc::new(IdentityRules::from_settings(&settings.identity)),
+            resolver_wake: Arc::new(Notify::new()),
             db,
             settings,
         });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let resolver = Resolver {
+            db: state.db.clone(),
+            rules: state.rules.clone(),
+            batch_size: state.settings.identity.batch_size,
+            idle: Duration::from_millis(state.settings.identity.poll_interval_ms),
+            wake: state.resolver_wake.clone(),
+            metrics: state.metrics.clone(),
+        };
+        let background = vec![tokio::spawn(resolver.run(shutdown_rx))];
         let listener = TcpListener::bind(&state.settings.server.bind)
             .with_context(|| format!("binding {}", state.settings.server.bind))?;
         let address = listener.local_addr()?;
@@ -113,6 +133,8 @@ impl Application {
             address,
             state,
             embedded,
+            shutdown,
+            background,
         })
     }
 
@@ -133,7 +155,11 @@ impl Application {
     /// closes the pool and stops the embedded cluster if one was started.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
-        tracing::info!("HTTP server stopped; closing the database pool");
+        tracing::info!("HTTP server stopped; finishing background work");
+        let _ = self.shutdown.send(true);
+        for worker in self.background {
+            let _ = worker.await;
+        }
         self.state.db.close();
         if let Some(cluster) = self.embedded {
             tokio::task::spawn_blocking(move || cluster.stop()).await?;

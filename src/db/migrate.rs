@@ -7,7 +7,10 @@ use sha2::{Digest, Sha256};
 use super::Db;
 
 /// Every file of `sql/`, in order. A unit test checks this list against the folder.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../sql/0001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../sql/0001_init.sql")),
+    ("0002_identity", include_str!("../../sql/0002_identity.sql")),
+];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.
 const MIGRATION_LOCK: i64 = 0x6b697a756e61; // "kizuna"

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod openapi;
 pub mod ops;
+pub mod profiles;
 pub mod tracking;
 
 use std::panic::AssertUnwindSafe;
@@ -115,6 +116,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             })
             .configure(tracking::routes)
             .configure(admin::routes)
+            .configure(profiles::routes)
             .configure(ops::routes)
             .default_service(web::to(not_found)),
     );

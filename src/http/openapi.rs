@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ops, tracking};
+use super::{admin, ops, profiles, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use super::{admin, ops, tracking};
         tracking::group, tracking::alias,
         admin::create_source, admin::list_sources, admin::get_source, admin::update_source,
         admin::delete_source, admin::create_api_key, admin::list_api_keys, admin::delete_api_key,
+        profiles::get_profile, profiles::lookup, profiles::timeline, profiles::merges,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&Security)

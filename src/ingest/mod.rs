@@ -129,6 +129,9 @@ pub async fn ingest(
             &request.messages,
         ))
         .await?;
+    if stored > 0 {
+        state.resolver_wake.notify_one();
+    }
     let duplicates = request.messages.len() as u64 - stored;
     state.metrics.events_ingested.inc_by(stored);
     state.metrics.events_deduplicated.inc_by(duplicates);

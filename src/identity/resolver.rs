@@ -1,0 +1,331 @@
+//! The resolver: one writer per database (an advisory lock elects it among instances) takes
+//! unresolved events in batches, decides each in `seq` order in memory, and writes the outcome —
+//! new profiles, identities, merges, traits, and each event's `profile_id` — in one transaction.
+//! A crash rolls the batch back and it is taken again: nothing is lost or resolved twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use super::decide::{decide, ProfileFacts, Target};
+use super::store::{self, PendingEvent, ProfileRows};
+use super::{Identifier, IdentityRules, MessageIds, ANONYMOUS_ID, USER_ID};
+use crate::db::{Db, DbError};
+use crate::metrics::Metrics;
+use crate::profiles::traits::{self, Observation};
+
+/// A fixed key for `pg_try_advisory_lock`: whoever holds it is the resolver.
+const RESOLVER_LOCK: i64 = 0x6b697a_7265736f; // "kiz" "reso"
+
+pub struct Resolver {
+    pub db: Db,
+    pub rules: Arc<IdentityRules>,
+    pub batch_size: i64,
+    pub idle: Duration,
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchOutcome {
+    pub events: usize,
+    pub merges: usize,
+}
+
+impl Resolver {
+    /// Runs until `shutdown` turns true; the batch in progress is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            if let Err(err) = self.lead(&mut shutdown).await {
+                tracing::warn!(error = %err, "identity resolver paused; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        tracing::info!("identity resolver stopped");
+    }
+
+    /// Holds the resolver lock on one connection and resolves until shutdown or an error.
+    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), DbError> {
+        let mut client = self.db.conn().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RESOLVER_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            // Another instance resolves; check again later in case it goes away.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => {}
+            }
+            return Ok(());
+        }
+        loop {
+            if *shutdown.borrow() {
+                client.execute("SELECT pg_advisory_unlock($1)", &[&RESOLVER_LOCK]).await?;
+                return Ok(());
+            }
+            let outcome = resolve_batch(&mut client, &self.rules, self.batch_size).await?;
+            self.metrics.profile_merges.inc_by(outcome.merges as u64);
+            if (outcome.events as i64) < self.batch_size {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.idle) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// A profile as the batch sees it.
+struct Live {
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    event_count: i64,
+    traits: Map<String, Value>,
+    meta: Map<String, Value>,
+    counts: HashMap<String, usize>,
+    is_new: bool,
+}
+
+#[derive(Default)]
+struct Batch {
+    owners: HashMap<Identifier, Uuid>,
+    profiles: HashMap<Uuid, Live>,
+    /// loser → the profile it merged into
+    forward: HashMap<Uuid, Uuid>,
+    merged_away_new: Vec<(Uuid, Live)>,
+    new_identities: Vec<(Identifier, Uuid, Uuid, DateTime<Utc>)>,
+    merges: Vec<(Uuid, Uuid, Identifier, i64)>,
+    attributed: Vec<(i64, Option<Uuid>)>,
+}
+
+impl Batch {
+    fn find(&self, mut p: Uuid) -> Uuid {
+        while let Some(next) = self.forward.get(&p) {
+            p = *next;
+        }
+        p
+    }
+
+    fn owner(&self, id: &Identifier) -> Option<Uuid> {
+        self.owners.get(id).map(|p| self.find(*p))
+    }
+
+    fn facts(&self, p: Uuid) -> ProfileFacts {
+        let live = &self.profiles[&p];
+        ProfileFacts { first_seen: live.first_seen, counts: live.counts.clone() }
+    }
+
+    fn merge(&mut self, winner: Uuid, loser: Uuid, set_once: &HashSet<String>) {
+        let Some(gone) = self.profiles.remove(&loser) else { return };
+        let Some(w) = self.profiles.get_mut(&winner) else { return };
+        w.first_seen = w.first_seen.min(gone.first_seen);
+        w.last_seen = w.last_seen.max(gone.last_seen);
+        w.event_count += gone.event_count;
+        for (kind, n) in &gone.counts {
+            *w.counts.entry(kind.clone()).or_insert(0) += n;
+        }
+        traits::merge(&mut w.traits, &mut w.meta, &gone.traits, &gone.meta, set_once);
+        self.forward.insert(loser, winner);
+        if gone.is_new {
+            self.merged_away_new.push((loser, gone));
+        }
+    }
+
+    fn resolve(&mut self, event: &PendingEvent, rules: &IdentityRules) {
+        let previous_kind = match &event.previous_id {
+            Some(prev) if self.owner(&Identifier::new(USER_ID, prev.trim())).is_some() => USER_ID,
+            _ => ANONYMOUS_ID,
+        };
+        let ids = rules.extract(&ids_of(event, previous_kind));
+        if ids.is_empty() {
+            self.attributed.push((event.seq, None));
+            return;
+        }
+        let decision = decide(&ids, |id| self.owner(id), |p| self.facts(p), rules);
+        if !decision.dropped.is_empty() {
+            tracing::debug!(seq = event.seq, dropped = decision.dropped.len(), "identifiers dropped by limits");
+        }
+        let target = match decision.target {
+            Target::Existing(p) => p,
+            Target::New => {
+                let id = Uuid::now_v7();
+                self.profiles.insert(
+                    id,
+                    Live {
+                        first_seen: event.ts,
+                        last_seen: event.ts,
+                        event_count: 0,
+                        traits: Map::new(),
+                        meta: Map::new(),
+                        counts: HashMap::new(),
+                        is_new: true,
+                    },
+                );
+                id
+            }
+        };
+        for (loser, joined_by) in decision.losers {
+            self.merge(target, loser, &rules.set_once_traits);
+            self.merges.push((target, loser, joined_by, event.seq));
+        }
+        let live = self.profiles.get_mut(&target).expect("target is live");
+        for id in decision.attach {
+            *live.counts.entry(id.kind.clone()).or_insert(0) += 1;
+            self.owners.insert(id.clone(), target);
+            self.new_identities.push((id, target, event.source_id, event.ts));
+        }
+        live.first_seen = live.first_seen.min(event.ts);
+        live.last_seen = live.last_seen.max(event.ts);
+        live.event_count += 1;
+        if let Some(incoming) = identify_traits(event) {
+            let seen = Observation { ts: event.ts, seq: event.seq, source: Some(event.source_id) };
+            traits::apply(&mut live.traits, &mut live.meta, &incoming, &seen, &rules.set_once_traits);
+        }
+        self.attributed.push((event.seq, Some(target)));
+    }
+}
+
+fn ids_of<'a>(event: &'a PendingEvent, previous_kind: &'a str) -> MessageIds<'a> {
+    MessageIds {
+        user_id: event.user_id.as_deref(),
+        anonymous_id: event.anonymous_id.as_deref(),
+        previous_id: event.previous_id.as_deref(),
+        previous_kind,
+        traits: event.traits.as_ref().and_then(Value::as_object),
+        context_traits: event.context_traits.as_ref().and_then(Value::as_object),
+        external_ids: event.external_ids.as_ref(),
+    }
+}
+
+/// An identify's traits: `context.traits` overlaid by the top-level `traits`.
+fn identify_traits(event: &PendingEvent) -> Option<Map<String, Value>> {
+    if event.kind != "identify" {
+        return None;
+    }
+    let mut merged = event.context_traits.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
+    if let Some(Value::Object(traits)) = &event.traits {
+        merged.extend(traits.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    (!merged.is_empty()).then_some(merged)
+}
+
+/// Resolves up to `limit` pending events in one transaction.
+pub async fn resolve_batch(
+    client: &mut deadpool_postgres::Object,
+    rules: &IdentityRules,
+    limit: i64,
+) -> Result<BatchOutcome, DbError> {
+    let tx = client.transaction().await?;
+    let events = store::pending_events(&tx, limit).await?;
+    if events.is_empty() {
+        return Ok(BatchOutcome::default());
+    }
+
+    // Every identifier the batch could touch, looked up at once (aliases both ways).
+    let mut wanted: HashSet<Identifier> = HashSet::new();
+    for event in &events {
+        for kind in [USER_ID, ANONYMOUS_ID] {
+            wanted.extend(rules.extract(&ids_of(event, kind)));
+        }
+    }
+    let (kinds, values): (Vec<&str>, Vec<&str>) = wanted.iter().map(|id| (id.kind.as_str(), id.value.as_str())).unzip();
+    let mut batch = Batch::default();
+    for (kind, value, profile) in store::owners(&tx, &kinds, &values).await? {
+        batch.owners.insert(Identifier { kind, value }, profile);
+    }
+    let mut ids: Vec<Uuid> = batch.owners.values().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for p in store::profiles(&tx, &ids).await? {
+        batch.profiles.insert(
+            p.id,
+            Live {
+                first_seen: p.first_seen,
+                last_seen: p.last_seen,
+                event_count: p.event_count,
+                traits: as_map(p.traits),
+                meta: as_map(p.trait_meta),
+                counts: HashMap::new(),
+                is_new: false,
+            },
+        );
+    }
+    for (p, kind, n) in store::identity_counts(&tx, &ids).await? {
+        if let Some(live) = batch.profiles.get_mut(&p) {
+            live.counts.insert(kind, n as usize);
+        }
+    }
+
+    for event in &events {
+        batch.resolve(event, rules);
+    }
+
+    write(&tx, &batch).await?;
+    tx.commit().await?;
+    Ok(BatchOutcome { events: events.len(), merges: batch.merges.len() })
+}
+
+fn as_map(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+async fn write(tx: &tokio_postgres::Transaction<'_>, batch: &Batch) -> Result<(), tokio_postgres::Error> {
+    let (mut inserted, mut updated) = (ProfileRows::default(), ProfileRows::default());
+    let live = batch.profiles.iter().map(|(id, l)| (*id, l));
+    let gone = batch.merged_away_new.iter().map(|(id, l)| (*id, l));
+    for (id, profile) in live.chain(gone) {
+        let rows = if profile.is_new { &mut inserted } else { &mut updated };
+        rows.id.push(id);
+        rows.first_seen.push(profile.first_seen);
+        rows.last_seen.push(profile.last_seen);
+        rows.event_count.push(profile.event_count);
+        rows.traits.push(Value::Object(profile.traits.clone()));
+        rows.trait_meta.push(Value::Object(profile.meta.clone()));
+    }
+    store::insert_profiles(tx, &inserted).await?;
+    store::update_profiles(tx, &updated).await?;
+
+    if !batch.new_identities.is_empty() {
+        let n = batch.new_identities.len();
+        let (mut kinds, mut values, mut owners, mut sources, mut seen) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for (id, profile, source, first_seen) in &batch.new_identities {
+            kinds.push(id.kind.as_str());
+            values.push(id.value.as_str());
+            owners.push(batch.find(*profile));
+            sources.push(*source);
+            seen.push(*first_seen);
+        }
+        store::insert_identities(tx, &kinds, &values, &owners, &sources, &seen).await?;
+    }
+
+    if !batch.merges.is_empty() {
+        let losers: Vec<Uuid> = batch.merges.iter().map(|m| m.1).collect();
+        let finals: Vec<Uuid> = losers.iter().map(|l| batch.find(*l)).collect();
+        store::apply_merges(tx, &losers, &finals).await?;
+        let winners: Vec<Uuid> = batch.merges.iter().map(|m| m.0).collect();
+        let kinds: Vec<&str> = batch.merges.iter().map(|m| m.2.kind.as_str()).collect();
+        let values: Vec<&str> = batch.merges.iter().map(|m| m.2.value.as_str()).collect();
+        let seqs: Vec<i64> = batch.merges.iter().map(|m| m.3).collect();
+        store::insert_merges(tx, &winners, &losers, &kinds, &values, &seqs).await?;
+    }
+
+    let seqs: Vec<i64> = batch.attributed.iter().map(|a| a.0).collect();
+    let profiles: Vec<Option<Uuid>> = batch.attributed.iter().map(|a| a.1.map(|p| batch.find(p))).collect();
+    store::mark_resolved(tx, &seqs, &profiles).await?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The identity stage's tables: `profiles` (written here), `identities`, `profile_merges`, and the
+//! `resolved` / `profile_id` columns of `events`. Every function runs inside the resolver's
+//! transaction, one statement per batch of rows.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+/// An event waiting for resolution, with just what resolution reads.
+pub struct PendingEvent {
+    pub seq: i64,
+    pub source_id: Uuid,
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub previous_id: Option<String>,
+    pub ts: DateTime<Utc>,
+    pub traits: Option<Value>,
+    pub context_traits: Option<Value>,
+    pub external_ids: Option<Value>,
+}
+
+pub async fn pending_events(tx: &Transaction<'_>, limit: i64) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT seq, source_id, type, user_id, anonymous_id, previous_id, ts,
+                    CASE WHEN type = 'identify' THEN traits END, context->'traits', context->'externalIds'
+             FROM events WHERE NOT resolved ORDER BY seq LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PendingEvent {
+            seq: r.get(0),
+            source_id: r.get(1),
+            kind: r.get(2),
+            user_id: r.get(3),
+            anonymous_id: r.get(4),
+            previous_id: r.get(5),
+            ts: r.get(6),
+            traits: r.get(7),
+            context_traits: r.get(8),
+            external_ids: r.get(9),
+        })
+        .collect())
+}
+
+/// `(kind, value) → profile` for the identifiers that exist.
+pub async fn owners(
+    tx: &Transaction<'_>,
+    kinds: &[&str],
+    values: &[&str],
+) -> Result<Vec<(String, String, Uuid)>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT i.kind, i.value, i.profile_id
+             FROM unnest($1::text[], $2::text[]) AS k(kind, value)
+             JOIN identities i ON i.kind = k.kind AND i.value = k.value",
+            &[&kinds, &values],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+pub struct StoredProfile {
+    pub id: Uuid,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub event_count: i64,
+    pub traits: Value,
+    pub trait_meta: Value,
+}
+
+pub async fn profiles(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Vec<StoredProfile>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT id, first_seen, last_seen, event_count, traits, trait_meta FROM profiles WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredProfile {
+            id: r.get(0),
+            first_seen: r.get(1),
+            last_seen: r.get(2),
+            event_count: r.get(3),
+            traits: r.get(4),
+            trait_meta: r.get(5),
+        })
+        .collect())
+}
+
+/// How many identifiers of each kind each profile holds.
+pub async fn identity_counts(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, String, i64)>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT profile_id, kind, count(*) FROM identities WHERE profile_id = ANY($1) GROUP BY 1, 2",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// Column-wise profile rows for one statement.
+#[derive(Default)]
+pub struct ProfileRows {
+    pub id: Vec<Uuid>,
+    pub first_seen: Vec<DateTime<Utc>>,
+    pub last_seen: Vec<DateTime<Utc>>,
+    pub event_count: Vec<i64>,
+    pub traits: Vec<Value>,
+    pub trait_meta: Vec<Value>,
+}
+
+pub async fn insert_profiles(tx: &Transaction<'_>, rows: &ProfileRows) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO profiles (id, first_seen, last_seen, event_count, traits, trait_meta)
+         SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])",
+        &[&rows.id, &rows.first_seen, &rows.last_seen, &rows.event_count, &rows.traits, &rows.trait_meta],
+    )
+    .await
+}
+
+pub async fn update_profiles(tx: &Transaction<'_>, rows: &ProfileRows) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE profiles p SET first_seen = u.first_seen, last_seen = u.last_seen, event_count = u.event_count,
+                traits = u.traits, trait_meta = u.trait_meta, version = p.version + 1, updated_at = now()
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])
+              AS u(id, first_seen, last_seen, event_count, traits, trait_meta)
+         WHERE p.id = u.id",
+        &[&rows.id, &rows.first_seen, &rows.last_seen, &rows.event_count, &rows.traits, &rows.trait_meta],
+    )
+    .await
+}
+
+pub async fn insert_identities(
+    tx: &Transaction<'_>,
+    kinds: &[&str],
+    values: &[&str],
+    profile_ids: &[Uuid],
+    source_ids: &[Uuid],
+    first_seen: &[DateTime<Utc>],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO identities (kind, value, profile_id, source_id, first_seen)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[])",
+        &[&kinds, &values, &profile_ids, &source_ids, &first_seen],
+    )
+    .await
+}
+
+/// Moves everything of each loser to its final winner: identities, events, and profiles that
+/// had been merged into the loser before.
+pub async fn apply_merges(tx: &Transaction<'_>, losers: &[Uuid], winners: &[Uuid]) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE identities i SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
+         WHERE i.profile_id = m.loser",
+        &[&losers, &winners],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE events e SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
+         WHERE e.profile_id = m.loser",
+        &[&losers, &winners],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE profiles p SET merged_into = m.winner, version = p.version + 1, updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
+         WHERE p.id = m.loser OR p.merged_into = m.loser",
+        &[&losers, &winners],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_merges(
+    tx: &Transaction<'_>,
+    winners: &[Uuid],
+    losers: &[Uuid],
+    kinds: &[&str],
+    values: &[&str],
+    seqs: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO profile_merges (winner, loser, identity_kind, identity_value, event_seq)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])",
+        &[&winners, &losers, &kinds, &values, &seqs],
+    )
+    .await
+}
+
+pub async fn mark_resolved(
+    tx: &Transaction<'_>,
+    seqs: &[i64],
+    profile_ids: &[Option<Uuid>],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE events e SET resolved = true, profile_id = r.profile_id
+         FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq",
+        &[&seqs, &profile_ids],
+    )
+    .await
+}

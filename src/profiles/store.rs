@@ -1,0 +1,211 @@
+//! Reads of unified profiles: one round trip each, straight from the indexes.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::db::{Db, DbError};
+
+/// The unified profile (API.md §3).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub id: Uuid,
+    #[schema(value_type = Vec<Object>)]
+    pub identities: Value,
+    #[schema(value_type = Object)]
+    pub traits: Value,
+    /// Computed traits (filled by the query layer).
+    #[schema(value_type = Object)]
+    pub computed: Value,
+    /// Segment memberships.
+    #[schema(value_type = Vec<Object>)]
+    pub segments: Value,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub event_count: i64,
+    pub merged_from: Vec<Uuid>,
+}
+
+const PROFILE_COLUMNS: &str = "
+SELECT p.id, p.traits, p.first_seen, p.last_seen, p.event_count,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('kind', i.kind, 'value', i.value, 'source', i.source_id,
+                                                    'first_seen', i.first_seen)
+                                  ORDER BY i.first_seen, i.kind, i.value)
+                 FROM identities i WHERE i.profile_id = p.id), '[]'::jsonb),
+       coalesce((SELECT array_agg(m.id ORDER BY m.id) FROM profiles m WHERE m.merged_into = p.id), '{}')
+FROM profiles p";
+
+/// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
+static BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!("{PROFILE_COLUMNS} WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)")
+});
+static BY_IDENTIFIER: LazyLock<String> = LazyLock::new(|| {
+    format!("{PROFILE_COLUMNS} WHERE p.id = (SELECT profile_id FROM identities WHERE kind = $1 AND value = $2)")
+});
+
+fn profile(row: &tokio_postgres::Row) -> Profile {
+    Profile {
+        id: row.get(0),
+        traits: row.get(1),
+        first_seen: row.get(2),
+        last_seen: row.get(3),
+        event_count: row.get(4),
+        identities: row.get(5),
+        merged_from: row.get(6),
+        computed: Value::Object(Default::default()),
+        segments: Value::Array(vec![]),
+    }
+}
+
+pub async fn by_id(db: &Db, id: Uuid) -> Result<Option<Profile>, DbError> {
+    let client = db.conn().await?;
+    let statement = client.prepare_cached(&BY_ID).await?;
+    Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(profile))
+}
+
+pub async fn by_identifier(db: &Db, kind: &str, value: &str) -> Result<Option<Profile>, DbError> {
+    let client = db.conn().await?;
+    let statement = client.prepare_cached(&BY_IDENTIFIER).await?;
+    Ok(client.query_opt(&statement, &[&kind, &value]).await?.as_ref().map(profile))
+}
+
+/// The live profile an id stands for (itself, or its survivor), if it exists.
+pub async fn live_id(db: &Db, id: Uuid) -> Result<Option<Uuid>, DbError> {
+    let row = db
+        .conn()
+        .await?
+        .query_opt("SELECT coalesce(merged_into, id) FROM profiles WHERE id = $1", &[&id])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// One event of the cross-channel timeline.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TimelineEvent {
+    pub seq: i64,
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub event: Option<String>,
+    pub name: Option<String>,
+    pub ts: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub source: TimelineSource,
+    #[schema(value_type = Option<Object>)]
+    pub properties: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub traits: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TimelineSource {
+    pub id: Uuid,
+    pub name: String,
+    /// web, mobile, support, email, pos, …
+    pub kind: String,
+}
+
+/// Filters and position of a timeline page.
+pub struct TimelineQuery {
+    pub before: Option<(DateTime<Utc>, i64)>,
+    pub source_id: Option<Uuid>,
+    pub source_kind: Option<String>,
+    pub kind: Option<String>,
+    pub limit: i64,
+}
+
+pub async fn timeline(db: &Db, profile_id: Uuid, q: &TimelineQuery) -> Result<Vec<TimelineEvent>, DbError> {
+    let (before_ts, before_seq) = match q.before {
+        Some((ts, seq)) => (Some(ts), Some(seq)),
+        None => (None, None),
+    };
+    let client = db.conn().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT e.seq, e.message_id, e.type, e.event, e.name, e.ts, e.received_at,
+                    e.source_id, s.name, s.kind, e.properties, e.traits, e.context
+             FROM events e JOIN sources s ON s.id = e.source_id
+             WHERE e.profile_id = $1
+               AND ($2::timestamptz IS NULL OR (e.ts, e.seq) < ($2, $3))
+               AND ($4::uuid IS NULL OR e.source_id = $4)
+               AND ($5::text IS NULL OR s.kind = $5)
+               AND ($6::text IS NULL OR e.type = $6)
+             ORDER BY e.ts DESC, e.seq DESC
+             LIMIT $7",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&profile_id, &before_ts, &before_seq, &q.source_id, &q.source_kind, &q.kind, &q.limit])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TimelineEvent {
+            seq: r.get(0),
+            message_id: r.get(1),
+            kind: r.get(2),
+            event: r.get(3),
+            name: r.get(4),
+            ts: r.get(5),
+            received_at: r.get(6),
+            source: TimelineSource { id: r.get(7), name: r.get(8), kind: r.get(9) },
+            properties: r.get(10),
+            traits: r.get(11),
+            context: r.get(12),
+        })
+        .collect())
+}
+
+/// One merge in a profile's lineage.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Merge {
+    /// The profile merged away.
+    pub profile_id: Uuid,
+    /// The profile it merged into at the time.
+    pub into: Uuid,
+    pub merged_at: DateTime<Utc>,
+    /// The identifier of the message that joined them.
+    pub identifier: MergeIdentifier,
+    pub message_id: Option<String>,
+    pub event_seq: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MergeIdentifier {
+    pub kind: String,
+    pub value: String,
+}
+
+/// Every merge that fed into `profile_id`, directly or through an earlier merge, oldest first.
+pub async fn lineage(db: &Db, profile_id: Uuid) -> Result<Vec<Merge>, DbError> {
+    let rows = db
+        .conn()
+        .await?
+        .query(
+            "WITH RECURSIVE tree AS (
+                 SELECT m.* FROM profile_merges m WHERE m.winner = $1
+                 UNION ALL
+                 SELECT m.* FROM profile_merges m JOIN tree t ON m.winner = t.loser
+             )
+             SELECT t.loser, t.winner, t.merged_at, t.identity_kind, t.identity_value, e.message_id, t.event_seq
+             FROM tree t LEFT JOIN events e ON e.seq = t.event_seq
+             ORDER BY t.merged_at, t.id",
+            &[&profile_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Merge {
+            profile_id: r.get(0),
+            into: r.get(1),
+            merged_at: r.get(2),
+            identifier: MergeIdentifier { kind: r.get(3), value: r.get(4) },
+            message_id: r.get(5),
+            event_seq: r.get(6),
+        })
+        .collect())
+}
