@@ -37,7 +37,11 @@ pub async fn get_profile(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::ProfilesRead)?;
     let id = id.into_inner();
-    let profile = state.db.timed(store::by_id(&state.db, id)).await?.ok_or_else(|| not_found(id))?;
+    let profile = state
+        .db
+        .timed(store::by_id(&state.db, id))
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(HttpResponse::Ok().json(profile))
 }
 
@@ -65,7 +69,11 @@ pub async fn lookup(
     let kind = kind.trim().to_lowercase();
     let missing = || ApiError::NotFound(format!("no profile has the {kind} {raw:?}"));
     let value = state.rules.normalize(&kind, raw).ok_or_else(missing)?;
-    let profile = state.db.timed(store::by_identifier(&state.db, &kind, &value)).await?.ok_or_else(missing)?;
+    let profile = state
+        .db
+        .timed(store::by_identifier(&state.db, &kind, &value))
+        .await?
+        .ok_or_else(missing)?;
     Ok(HttpResponse::Ok().json(profile))
 }
 
@@ -91,11 +99,18 @@ fn encode_cursor(event: &TimelineEvent) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
-    let invalid = || ApiError::BadRequest(format!("`before` {cursor:?} is not a cursor this API issued"));
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "`before` {cursor:?} is not a cursor this API issued"
+        ))
+    };
     let (micros, seq) = cursor.split_once('_').ok_or_else(invalid)?;
     let micros: i64 = micros.parse().map_err(|_| invalid())?;
     let seq: i64 = seq.parse().map_err(|_| invalid())?;
-    Ok((DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?, seq))
+    Ok((
+        DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+        seq,
+    ))
 }
 
 /// The cross-channel timeline: every event of the profile with its source, newest first.
@@ -112,14 +127,26 @@ pub async fn timeline(
     let limit = match params.limit {
         None => 50,
         Some(n) if (1..=1000).contains(&n) => n,
-        Some(n) => return Err(ApiError::BadRequest(format!("`limit` must be between 1 and 1000; got {n}"))),
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "`limit` must be between 1 and 1000; got {n}"
+            )))
+        }
     };
-    let before = params.before.as_deref().or(params.cursor.as_deref()).map(decode_cursor).transpose()?;
+    let before = params
+        .before
+        .as_deref()
+        .or(params.cursor.as_deref())
+        .map(decode_cursor)
+        .transpose()?;
     let (source_id, source_kind) = match params.source.as_deref() {
         None => (None, None),
         Some(s) => match Uuid::parse_str(s) {
             Ok(id) => (Some(id), None),
-            Err(_) => (None, Some(crate::sources::SourceKind::parse(s)?.as_str().to_string())),
+            Err(_) => (
+                None,
+                Some(crate::sources::SourceKind::parse(s)?.as_str().to_string()),
+            ),
         },
     };
     if let Some(kind) = params.kind.as_deref() {
@@ -130,9 +157,22 @@ pub async fn timeline(
         }
     }
     let id = id.into_inner();
-    let live = state.db.timed(store::live_id(&state.db, id)).await?.ok_or_else(|| not_found(id))?;
-    let query = TimelineQuery { before, source_id, source_kind, kind: params.kind.clone(), limit: limit + 1 };
-    let mut items = state.db.timed(store::timeline(&state.db, live, &query)).await?;
+    let live = state
+        .db
+        .timed(store::live_id(&state.db, id))
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let query = TimelineQuery {
+        before,
+        source_id,
+        source_kind,
+        kind: params.kind.clone(),
+        limit: limit + 1,
+    };
+    let mut items = state
+        .db
+        .timed(store::timeline(&state.db, live, &query))
+        .await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(encode_cursor)
@@ -154,7 +194,14 @@ pub async fn merges(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::ProfilesRead)?;
     let id = id.into_inner();
-    let live = state.db.timed(store::live_id(&state.db, id)).await?.ok_or_else(|| not_found(id))?;
+    let live = state
+        .db
+        .timed(store::live_id(&state.db, id))
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let items = state.db.timed(store::lineage(&state.db, live)).await?;
-    Ok(HttpResponse::Ok().json(Page { items, next_cursor: None }))
+    Ok(HttpResponse::Ok().json(Page {
+        items,
+        next_cursor: None,
+    }))
 }

@@ -48,7 +48,8 @@ pub fn decide(
     facts: impl Fn(Uuid) -> ProfileFacts,
     rules: &IdentityRules,
 ) -> MergeDecision {
-    let mut active: Vec<(&Identifier, Option<Uuid>)> = ids.iter().map(|id| (id, owner(id))).collect();
+    let mut active: Vec<(&Identifier, Option<Uuid>)> =
+        ids.iter().map(|id| (id, owner(id))).collect();
     let mut dropped = Vec::new();
     let mut known: HashMap<Uuid, ProfileFacts> = HashMap::new();
     loop {
@@ -71,7 +72,9 @@ pub fn decide(
         // that kind) or by bringing in a profile that holds that kind.
         let contributes = |(id, profile): &(&Identifier, Option<Uuid>)| match profile {
             None => violating.contains(&id.kind),
-            Some(p) => violating.iter().any(|k| known[p].counts.get(k).copied().unwrap_or(0) > 0),
+            Some(p) => violating
+                .iter()
+                .any(|k| known[p].counts.get(k).copied().unwrap_or(0) > 0),
         };
         let Some(index) = active.iter().rposition(contributes) else {
             return decision(active, matched, &known, dropped);
@@ -116,7 +119,10 @@ fn decision(
     known: &HashMap<Uuid, ProfileFacts>,
     dropped: Vec<Identifier>,
 ) -> MergeDecision {
-    let survivor = matched.iter().copied().min_by_key(|p| (known[p].first_seen, *p));
+    let survivor = matched
+        .iter()
+        .copied()
+        .min_by_key(|p| (known[p].first_seen, *p));
     let Some(survivor) = survivor else {
         return MergeDecision {
             target: Target::New,
@@ -136,7 +142,11 @@ fn decision(
     MergeDecision {
         target: Target::Existing(survivor),
         losers,
-        attach: active.into_iter().filter(|(_, p)| p.is_none()).map(|(id, _)| id.clone()).collect(),
+        attach: active
+            .into_iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(id, _)| id.clone())
+            .collect(),
         dropped,
     }
 }
@@ -155,7 +165,10 @@ mod tests {
 
     impl World {
         fn new() -> Self {
-            World { owners: HashMap::new(), profiles: HashMap::new() }
+            World {
+                owners: HashMap::new(),
+                profiles: HashMap::new(),
+            }
         }
 
         /// A profile first seen on `day` holding `ids`.
@@ -167,15 +180,22 @@ mod tests {
                 *counts.entry(kind.to_string()).or_insert(0) += 1;
             }
             let first_seen = Utc.with_ymd_and_hms(2024, 1, day, 0, 0, 0).unwrap();
-            self.profiles.insert(id, ProfileFacts { first_seen, counts });
+            self.profiles
+                .insert(id, ProfileFacts { first_seen, counts });
             id
         }
 
         fn decide(&self, ids: &[(&str, &str)]) -> MergeDecision {
             let rules = rules();
-            let mut ids: Vec<Identifier> = ids.iter().map(|(k, v)| Identifier::new(*k, *v)).collect();
+            let mut ids: Vec<Identifier> =
+                ids.iter().map(|(k, v)| Identifier::new(*k, *v)).collect();
             ids.sort_by_key(|id| rules.rank(&id.kind));
-            decide(&ids, |id| self.owners.get(id).copied(), |p| self.profiles[&p].clone(), &rules)
+            decide(
+                &ids,
+                |id| self.owners.get(id).copied(),
+                |p| self.profiles[&p].clone(),
+                &rules,
+            )
         }
     }
 
@@ -203,7 +223,10 @@ mod tests {
         let older = w.profile(2, &[(USER_ID, "u1")]);
         let d = w.decide(&[(USER_ID, "u1"), (EMAIL, "ada@example.com")]);
         assert_eq!(d.target, Target::Existing(older));
-        assert_eq!(d.losers, vec![(newer, Identifier::new(EMAIL, "ada@example.com"))]);
+        assert_eq!(
+            d.losers,
+            vec![(newer, Identifier::new(EMAIL, "ada@example.com"))]
+        );
     }
 
     #[test]
@@ -211,7 +234,11 @@ mod tests {
         let mut w = World::new();
         let first = w.profile(1, &[(USER_ID, "u1"), (ANONYMOUS_ID, "family-pc")]);
         let d = w.decide(&[(USER_ID, "u2"), (ANONYMOUS_ID, "family-pc")]);
-        assert_eq!(d.target, Target::New, "the second user gets a profile of their own");
+        assert_eq!(
+            d.target,
+            Target::New,
+            "the second user gets a profile of their own"
+        );
         assert_eq!(d.attach, vec![Identifier::new(USER_ID, "u2")]);
         assert_eq!(d.dropped, vec![Identifier::new(ANONYMOUS_ID, "family-pc")]);
         let _ = first;

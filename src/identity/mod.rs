@@ -26,11 +26,23 @@ pub struct Identifier {
 
 impl Identifier {
     pub fn new(kind: impl Into<String>, value: impl Into<String>) -> Self {
-        Identifier { kind: kind.into(), value: value.into() }
+        Identifier {
+            kind: kind.into(),
+            value: value.into(),
+        }
     }
 }
 
-const BUILT_IN_BLOCKED: [&str; 8] = ["", "null", "undefined", "none", "0", "anonymous", "unknown", "n/a"];
+const BUILT_IN_BLOCKED: [&str; 8] = [
+    "",
+    "null",
+    "undefined",
+    "none",
+    "0",
+    "anonymous",
+    "unknown",
+    "n/a",
+];
 
 /// The configured rules, ready to ask.
 #[derive(Debug, Clone)]
@@ -64,7 +76,13 @@ impl IdentityRules {
         self.priority
             .iter()
             .position(|k| k == kind)
-            .or_else(|| if builtin { None } else { self.priority.iter().position(|k| k == "external") })
+            .or_else(|| {
+                if builtin {
+                    None
+                } else {
+                    self.priority.iter().position(|k| k == "external")
+                }
+            })
             .unwrap_or(self.priority.len())
     }
 
@@ -120,7 +138,10 @@ impl IdentityRules {
         }
         if let Some(Value::Array(external)) = message.external_ids {
             for entry in external {
-                let kind = entry.get("type").and_then(Value::as_str).map(|t| t.trim().to_lowercase());
+                let kind = entry
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .map(|t| t.trim().to_lowercase());
                 let value = entry.get("id").and_then(scalar_text);
                 if let (Some(kind), Some(value)) = (kind, value) {
                     if !kind.is_empty() && kind.len() <= 100 {
@@ -170,7 +191,8 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub fn rules() -> IdentityRules {
-        let settings = crate::config::Settings::load_from(std::path::Path::new("/nonexistent")).unwrap();
+        let settings =
+            crate::config::Settings::load_from(std::path::Path::new("/nonexistent")).unwrap();
         IdentityRules::from_settings(&settings.identity)
     }
 
@@ -179,7 +201,8 @@ pub(crate) mod tests {
         let rules = rules();
         let traits = json!({"email": "  Ada@Example.COM ", "phone": "+44 (20) 7946-0958"});
         let context_traits = json!({"email": "ada@example.com"});
-        let external = json!([{"id": "D-17", "type": "zendesk_id"}, {"id": "null", "type": "crm_id"}]);
+        let external =
+            json!([{"id": "D-17", "type": "zendesk_id"}, {"id": "null", "type": "crm_id"}]);
         let ids = rules.extract(&MessageIds {
             user_id: Some("undefined"),
             anonymous_id: Some("anon-1"),
@@ -203,7 +226,18 @@ pub(crate) mod tests {
     #[test]
     fn every_built_in_blocked_value_is_refused() {
         let rules = rules();
-        for v in ["", " ", "null", "NULL", "undefined", "None", "0", "anonymous", "unknown", "N/A"] {
+        for v in [
+            "",
+            " ",
+            "null",
+            "NULL",
+            "undefined",
+            "None",
+            "0",
+            "anonymous",
+            "unknown",
+            "N/A",
+        ] {
             assert_eq!(rules.normalize(USER_ID, v), None, "{v:?}");
         }
         assert_eq!(normalize_phone("000-000"), None);

@@ -70,7 +70,9 @@ impl Resolver {
         }
         loop {
             if *shutdown.borrow() {
-                client.execute("SELECT pg_advisory_unlock($1)", &[&RESOLVER_LOCK]).await?;
+                client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&RESOLVER_LOCK])
+                    .await?;
                 return Ok(());
             }
             let outcome = resolve_batch(&mut client, &self.rules, self.batch_size).await?;
@@ -123,19 +125,32 @@ impl Batch {
 
     fn facts(&self, p: Uuid) -> ProfileFacts {
         let live = &self.profiles[&p];
-        ProfileFacts { first_seen: live.first_seen, counts: live.counts.clone() }
+        ProfileFacts {
+            first_seen: live.first_seen,
+            counts: live.counts.clone(),
+        }
     }
 
     fn merge(&mut self, winner: Uuid, loser: Uuid, set_once: &HashSet<String>) {
-        let Some(gone) = self.profiles.remove(&loser) else { return };
-        let Some(w) = self.profiles.get_mut(&winner) else { return };
+        let Some(gone) = self.profiles.remove(&loser) else {
+            return;
+        };
+        let Some(w) = self.profiles.get_mut(&winner) else {
+            return;
+        };
         w.first_seen = w.first_seen.min(gone.first_seen);
         w.last_seen = w.last_seen.max(gone.last_seen);
         w.event_count += gone.event_count;
         for (kind, n) in &gone.counts {
             *w.counts.entry(kind.clone()).or_insert(0) += n;
         }
-        traits::merge(&mut w.traits, &mut w.meta, &gone.traits, &gone.meta, set_once);
+        traits::merge(
+            &mut w.traits,
+            &mut w.meta,
+            &gone.traits,
+            &gone.meta,
+            set_once,
+        );
         self.forward.insert(loser, winner);
         if gone.is_new {
             self.merged_away_new.push((loser, gone));
@@ -154,7 +169,11 @@ impl Batch {
         }
         let decision = decide(&ids, |id| self.owner(id), |p| self.facts(p), rules);
         if !decision.dropped.is_empty() {
-            tracing::debug!(seq = event.seq, dropped = decision.dropped.len(), "identifiers dropped by limits");
+            tracing::debug!(
+                seq = event.seq,
+                dropped = decision.dropped.len(),
+                "identifiers dropped by limits"
+            );
         }
         let target = match decision.target {
             Target::Existing(p) => p,
@@ -183,14 +202,25 @@ impl Batch {
         for id in decision.attach {
             *live.counts.entry(id.kind.clone()).or_insert(0) += 1;
             self.owners.insert(id.clone(), target);
-            self.new_identities.push((id, target, event.source_id, event.ts));
+            self.new_identities
+                .push((id, target, event.source_id, event.ts));
         }
         live.first_seen = live.first_seen.min(event.ts);
         live.last_seen = live.last_seen.max(event.ts);
         live.event_count += 1;
         if let Some(incoming) = identify_traits(event) {
-            let seen = Observation { ts: event.ts, seq: event.seq, source: Some(event.source_id) };
-            traits::apply(&mut live.traits, &mut live.meta, &incoming, &seen, &rules.set_once_traits);
+            let seen = Observation {
+                ts: event.ts,
+                seq: event.seq,
+                source: Some(event.source_id),
+            };
+            traits::apply(
+                &mut live.traits,
+                &mut live.meta,
+                &incoming,
+                &seen,
+                &rules.set_once_traits,
+            );
         }
         self.attributed.push((event.seq, Some(target)));
     }
@@ -213,7 +243,12 @@ fn identify_traits(event: &PendingEvent) -> Option<Map<String, Value>> {
     if event.kind != "identify" {
         return None;
     }
-    let mut merged = event.context_traits.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut merged = event
+        .context_traits
+        .as_ref()
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     if let Some(Value::Object(traits)) = &event.traits {
         merged.extend(traits.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
@@ -239,7 +274,10 @@ pub async fn resolve_batch(
             wanted.extend(rules.extract(&ids_of(event, kind)));
         }
     }
-    let (kinds, values): (Vec<&str>, Vec<&str>) = wanted.iter().map(|id| (id.kind.as_str(), id.value.as_str())).unzip();
+    let (kinds, values): (Vec<&str>, Vec<&str>) = wanted
+        .iter()
+        .map(|id| (id.kind.as_str(), id.value.as_str()))
+        .unzip();
     let mut batch = Batch::default();
     for (kind, value, profile) in store::owners(&tx, &kinds, &values).await? {
         batch.owners.insert(Identifier { kind, value }, profile);
@@ -273,7 +311,10 @@ pub async fn resolve_batch(
 
     write(&tx, &batch).await?;
     tx.commit().await?;
-    Ok(BatchOutcome { events: events.len(), merges: batch.merges.len() })
+    Ok(BatchOutcome {
+        events: events.len(),
+        merges: batch.merges.len(),
+    })
 }
 
 fn as_map(value: Value) -> Map<String, Value> {
@@ -283,12 +324,19 @@ fn as_map(value: Value) -> Map<String, Value> {
     }
 }
 
-async fn write(tx: &tokio_postgres::Transaction<'_>, batch: &Batch) -> Result<(), tokio_postgres::Error> {
+async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &Batch,
+) -> Result<(), tokio_postgres::Error> {
     let (mut inserted, mut updated) = (ProfileRows::default(), ProfileRows::default());
     let live = batch.profiles.iter().map(|(id, l)| (*id, l));
     let gone = batch.merged_away_new.iter().map(|(id, l)| (*id, l));
     for (id, profile) in live.chain(gone) {
-        let rows = if profile.is_new { &mut inserted } else { &mut updated };
+        let rows = if profile.is_new {
+            &mut inserted
+        } else {
+            &mut updated
+        };
         rows.id.push(id);
         rows.first_seen.push(profile.first_seen);
         rows.last_seen.push(profile.last_seen);
@@ -301,8 +349,13 @@ async fn write(tx: &tokio_postgres::Transaction<'_>, batch: &Batch) -> Result<()
 
     if !batch.new_identities.is_empty() {
         let n = batch.new_identities.len();
-        let (mut kinds, mut values, mut owners, mut sources, mut seen) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut kinds, mut values, mut owners, mut sources, mut seen) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for (id, profile, source, first_seen) in &batch.new_identities {
             kinds.push(id.kind.as_str());
             values.push(id.value.as_str());
@@ -325,7 +378,11 @@ async fn write(tx: &tokio_postgres::Transaction<'_>, batch: &Batch) -> Result<()
     }
 
     let seqs: Vec<i64> = batch.attributed.iter().map(|a| a.0).collect();
-    let profiles: Vec<Option<Uuid>> = batch.attributed.iter().map(|a| a.1.map(|p| batch.find(p))).collect();
+    let profiles: Vec<Option<Uuid>> = batch
+        .attributed
+        .iter()
+        .map(|a| a.1.map(|p| batch.find(p)))
+        .collect();
     store::mark_resolved(tx, &seqs, &profiles).await?;
     Ok(())
 }

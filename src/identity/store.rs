@@ -21,7 +21,10 @@ pub struct PendingEvent {
     pub external_ids: Option<Value>,
 }
 
-pub async fn pending_events(tx: &Transaction<'_>, limit: i64) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
+pub async fn pending_events(
+    tx: &Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
     let rows = tx
         .query(
             "SELECT seq, source_id, type, user_id, anonymous_id, previous_id, ts,
@@ -61,7 +64,10 @@ pub async fn owners(
             &[&kinds, &values],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 pub struct StoredProfile {
@@ -73,7 +79,10 @@ pub struct StoredProfile {
     pub trait_meta: Value,
 }
 
-pub async fn profiles(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Vec<StoredProfile>, tokio_postgres::Error> {
+pub async fn profiles(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<StoredProfile>, tokio_postgres::Error> {
     let rows = tx
         .query(
             "SELECT id, first_seen, last_seen, event_count, traits, trait_meta FROM profiles WHERE id = ANY($1)",
@@ -104,7 +113,10 @@ pub async fn identity_counts(
             &[&ids],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Column-wise profile rows for one statement.
@@ -118,7 +130,10 @@ pub struct ProfileRows {
     pub trait_meta: Vec<Value>,
 }
 
-pub async fn insert_profiles(tx: &Transaction<'_>, rows: &ProfileRows) -> Result<u64, tokio_postgres::Error> {
+pub async fn insert_profiles(
+    tx: &Transaction<'_>,
+    rows: &ProfileRows,
+) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO profiles (id, first_seen, last_seen, event_count, traits, trait_meta)
          SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])",
@@ -127,7 +142,10 @@ pub async fn insert_profiles(tx: &Transaction<'_>, rows: &ProfileRows) -> Result
     .await
 }
 
-pub async fn update_profiles(tx: &Transaction<'_>, rows: &ProfileRows) -> Result<u64, tokio_postgres::Error> {
+pub async fn update_profiles(
+    tx: &Transaction<'_>,
+    rows: &ProfileRows,
+) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
         "UPDATE profiles p SET first_seen = u.first_seen, last_seen = u.last_seen, event_count = u.event_count,
                 traits = u.traits, trait_meta = u.trait_meta, version = p.version + 1, updated_at = now()
@@ -157,7 +175,11 @@ pub async fn insert_identities(
 
 /// Moves everything of each loser to its final winner: identities, events, and profiles that
 /// had been merged into the loser before.
-pub async fn apply_merges(tx: &Transaction<'_>, losers: &[Uuid], winners: &[Uuid]) -> Result<(), tokio_postgres::Error> {
+pub async fn apply_merges(
+    tx: &Transaction<'_>,
+    losers: &[Uuid],
+    winners: &[Uuid],
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "UPDATE identities i SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
          WHERE i.profile_id = m.loser",

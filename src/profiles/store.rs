@@ -63,13 +63,21 @@ fn profile(row: &tokio_postgres::Row) -> Profile {
 pub async fn by_id(db: &Db, id: Uuid) -> Result<Option<Profile>, DbError> {
     let client = db.conn().await?;
     let statement = client.prepare_cached(&BY_ID).await?;
-    Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(profile))
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .as_ref()
+        .map(profile))
 }
 
 pub async fn by_identifier(db: &Db, kind: &str, value: &str) -> Result<Option<Profile>, DbError> {
     let client = db.conn().await?;
     let statement = client.prepare_cached(&BY_IDENTIFIER).await?;
-    Ok(client.query_opt(&statement, &[&kind, &value]).await?.as_ref().map(profile))
+    Ok(client
+        .query_opt(&statement, &[&kind, &value])
+        .await?
+        .as_ref()
+        .map(profile))
 }
 
 /// The live profile an id stands for (itself, or its survivor), if it exists.
@@ -77,7 +85,10 @@ pub async fn live_id(db: &Db, id: Uuid) -> Result<Option<Uuid>, DbError> {
     let row = db
         .conn()
         .await?
-        .query_opt("SELECT coalesce(merged_into, id) FROM profiles WHERE id = $1", &[&id])
+        .query_opt(
+            "SELECT coalesce(merged_into, id) FROM profiles WHERE id = $1",
+            &[&id],
+        )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
@@ -119,7 +130,11 @@ pub struct TimelineQuery {
     pub limit: i64,
 }
 
-pub async fn timeline(db: &Db, profile_id: Uuid, q: &TimelineQuery) -> Result<Vec<TimelineEvent>, DbError> {
+pub async fn timeline(
+    db: &Db,
+    profile_id: Uuid,
+    q: &TimelineQuery,
+) -> Result<Vec<TimelineEvent>, DbError> {
     let (before_ts, before_seq) = match q.before {
         Some((ts, seq)) => (Some(ts), Some(seq)),
         None => (None, None),
@@ -140,7 +155,18 @@ pub async fn timeline(db: &Db, profile_id: Uuid, q: &TimelineQuery) -> Result<Ve
         )
         .await?;
     let rows = client
-        .query(&statement, &[&profile_id, &before_ts, &before_seq, &q.source_id, &q.source_kind, &q.kind, &q.limit])
+        .query(
+            &statement,
+            &[
+                &profile_id,
+                &before_ts,
+                &before_seq,
+                &q.source_id,
+                &q.source_kind,
+                &q.kind,
+                &q.limit,
+            ],
+        )
         .await?;
     Ok(rows
         .iter()
@@ -152,7 +178,11 @@ pub async fn timeline(db: &Db, profile_id: Uuid, q: &TimelineQuery) -> Result<Ve
             name: r.get(4),
             ts: r.get(5),
             received_at: r.get(6),
-            source: TimelineSource { id: r.get(7), name: r.get(8), kind: r.get(9) },
+            source: TimelineSource {
+                id: r.get(7),
+                name: r.get(8),
+                kind: r.get(9),
+            },
             properties: r.get(10),
             traits: r.get(11),
             context: r.get(12),
@@ -203,7 +233,10 @@ pub async fn lineage(db: &Db, profile_id: Uuid) -> Result<Vec<Merge>, DbError> {
             profile_id: r.get(0),
             into: r.get(1),
             merged_at: r.get(2),
-            identifier: MergeIdentifier { kind: r.get(3), value: r.get(4) },
+            identifier: MergeIdentifier {
+                kind: r.get(3),
+                value: r.get(4),
+            },
             message_id: r.get(5),
             event_seq: r.get(6),
         })

@@ -19,7 +19,10 @@ pub struct Observation {
 impl Observation {
     /// Fixed-width RFC 3339 so that meta timestamps compare as strings.
     fn key(&self) -> (String, i64) {
-        (self.ts.to_rfc3339_opts(SecondsFormat::Micros, true), self.seq)
+        (
+            self.ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+            self.seq,
+        )
     }
 
     fn meta(&self, removed: bool) -> Value {
@@ -34,7 +37,10 @@ impl Observation {
 
 fn meta_key(meta: &Value) -> (String, i64) {
     (
-        meta.get("ts").and_then(Value::as_str).unwrap_or("").to_string(),
+        meta.get("ts")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         meta.get("seq").and_then(Value::as_i64).unwrap_or(0),
     )
 }
@@ -102,7 +108,11 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(day: u32, seq: i64) -> Observation {
-        Observation { ts: Utc.with_ymd_and_hms(2024, 1, day, 0, 0, 0).unwrap(), seq, source: None }
+        Observation {
+            ts: Utc.with_ymd_and_hms(2024, 1, day, 0, 0, 0).unwrap(),
+            seq,
+            source: None,
+        }
     }
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -112,8 +122,20 @@ mod tests {
     #[test]
     fn a_late_arriving_older_value_does_not_overwrite_a_newer_one() {
         let (mut traits, mut meta, none) = (Map::new(), Map::new(), HashSet::new());
-        apply(&mut traits, &mut meta, &obj(json!({"plan": "pro"})), &at(10, 2), &none);
-        apply(&mut traits, &mut meta, &obj(json!({"plan": "free", "city": "Leeds"})), &at(3, 3), &none);
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"plan": "pro"})),
+            &at(10, 2),
+            &none,
+        );
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"plan": "free", "city": "Leeds"})),
+            &at(3, 3),
+            &none,
+        );
         assert_eq!(traits["plan"], "pro");
         assert_eq!(traits["city"], "Leeds");
     }
@@ -121,9 +143,27 @@ mod tests {
     #[test]
     fn null_removes_a_trait_and_older_values_stay_removed() {
         let (mut traits, mut meta, none) = (Map::new(), Map::new(), HashSet::new());
-        apply(&mut traits, &mut meta, &obj(json!({"coupon": "X"})), &at(1, 1), &none);
-        apply(&mut traits, &mut meta, &obj(json!({"coupon": null})), &at(5, 2), &none);
-        apply(&mut traits, &mut meta, &obj(json!({"coupon": "Y"})), &at(2, 3), &none);
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"coupon": "X"})),
+            &at(1, 1),
+            &none,
+        );
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"coupon": null})),
+            &at(5, 2),
+            &none,
+        );
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"coupon": "Y"})),
+            &at(2, 3),
+            &none,
+        );
         assert!(!traits.contains_key("coupon"));
     }
 
@@ -131,9 +171,27 @@ mod tests {
     fn set_once_traits_keep_the_earliest_value() {
         let (mut traits, mut meta) = (Map::new(), Map::new());
         let set_once: HashSet<String> = ["first_utm_source".to_string()].into();
-        apply(&mut traits, &mut meta, &obj(json!({"first_utm_source": "newsletter"})), &at(9, 1), &set_once);
-        apply(&mut traits, &mut meta, &obj(json!({"first_utm_source": "google"})), &at(2, 2), &set_once);
-        apply(&mut traits, &mut meta, &obj(json!({"first_utm_source": "tiktok"})), &at(20, 3), &set_once);
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"first_utm_source": "newsletter"})),
+            &at(9, 1),
+            &set_once,
+        );
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"first_utm_source": "google"})),
+            &at(2, 2),
+            &set_once,
+        );
+        apply(
+            &mut traits,
+            &mut meta,
+            &obj(json!({"first_utm_source": "tiktok"})),
+            &at(20, 3),
+            &set_once,
+        );
         assert_eq!(traits["first_utm_source"], "google");
     }
 
@@ -141,10 +199,28 @@ mod tests {
     fn merging_keeps_the_newest_value_of_each_trait() {
         let none = HashSet::new();
         let (mut a, mut am) = (Map::new(), Map::new());
-        apply(&mut a, &mut am, &obj(json!({"plan": "pro", "city": "York"})), &at(10, 1), &none);
+        apply(
+            &mut a,
+            &mut am,
+            &obj(json!({"plan": "pro", "city": "York"})),
+            &at(10, 1),
+            &none,
+        );
         let (mut b, mut bm) = (Map::new(), Map::new());
-        apply(&mut b, &mut bm, &obj(json!({"plan": "free", "name": "Ada"})), &at(5, 2), &none);
-        apply(&mut b, &mut bm, &obj(json!({"city": "Bath"})), &at(12, 3), &none);
+        apply(
+            &mut b,
+            &mut bm,
+            &obj(json!({"plan": "free", "name": "Ada"})),
+            &at(5, 2),
+            &none,
+        );
+        apply(
+            &mut b,
+            &mut bm,
+            &obj(json!({"city": "Bath"})),
+            &at(12, 3),
+            &none,
+        );
         merge(&mut a, &mut am, &b, &bm, &none);
         assert_eq!(a["plan"], "pro");
         assert_eq!(a["city"], "Bath");

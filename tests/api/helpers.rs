@@ -245,3 +245,52 @@ impl FaultyProxy {
         self.mode.store(PASS, Ordering::SeqCst);
     }
 }
+
+impl TestApp {
+    /// Waits until identity resolution has caught up with everything acknowledged.
+    pub async fn settle(&self) {
+        let db = self.db().await;
+        for _ in 0..200 {
+            let pending: i64 = db
+                .query_one("SELECT count(*) FROM events WHERE NOT resolved", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("identity resolution did not catch up within 5 s");
+    }
+
+    /// GET with the admin token, expecting 200, returning the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.admin(reqwest::Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// The profile holding an identifier, e.g. `lookup("email", "ada@example.com")`.
+    pub async fn lookup(&self, kind: &str, value: &str) -> Value {
+        let path = format!("/v1/profiles/lookup?{kind}={}", urlencoding::encode(value));
+        self.get_json(&path).await
+    }
+}
+
+/// The `(kind, value)` pairs of a profile's identities, sorted.
+pub fn identities(profile: &Value) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = profile["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_string(),
+                i["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}

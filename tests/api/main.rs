@@ -2,5 +2,6 @@
 
 mod admin;
 mod helpers;
+mod identity;
 mod operations;
 mod tracking;

@@ -1,0 +1,440 @@
+//! Identity resolution scenarios, as a customer-data team would describe them.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{identities, problem, spawn_app, TestApp};
+
+fn pair(kind: &str, value: &str) -> (String, String) {
+    (kind.to_string(), value.to_string())
+}
+
+async fn send(app: &TestApp, key: &str, batch: Vec<Value>) {
+    let response = app
+        .post_tracking("/v1/batch", key, &json!({"batch": batch}))
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn anonymous_browsing_then_login_merges_the_history_and_a_second_device_joins() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web shop", "web").await;
+    let (_, mobile) = app.create_source("iOS app", "mobile").await;
+    send(&app, &web, vec![
+        json!({"type": "page", "anonymousId": "browser-1", "name": "Home", "timestamp": "2024-05-01T10:00:00Z"}),
+        json!({"type": "page", "anonymousId": "browser-1", "name": "Linen Shirt", "timestamp": "2024-05-01T10:01:00Z"}),
+    ]).await;
+    send(&app, &web, vec![json!({"type": "identify", "anonymousId": "browser-1", "userId": "ada", "traits": {"email": "ada@example.com", "plan": "free"}, "timestamp": "2024-05-01T10:02:00Z"})]).await;
+    app.settle().await;
+    let profile = app.lookup("user_id", "ada").await;
+    assert_eq!(
+        profile["event_count"], 3,
+        "the anonymous pages belong to Ada now"
+    );
+    assert_eq!(profile["traits"]["plan"], "free");
+    assert_eq!(
+        identities(&profile),
+        vec![
+            pair("anonymous_id", "browser-1"),
+            pair("email", "ada@example.com"),
+            pair("user_id", "ada")
+        ]
+    );
+    assert_eq!(profile["first_seen"], "2024-05-01T10:00:00Z");
+
+    // The phone browses anonymously first (its own profile), then Ada logs in on it.
+    send(&app, &mobile, vec![json!({"type": "screen", "anonymousId": "phone-7", "name": "Cart", "timestamp": "2024-05-02T08:00:00Z"})]).await;
+    app.settle().await;
+    let phone_profile = app.lookup("anonymous_id", "phone-7").await;
+    assert_ne!(phone_profile["id"], profile["id"]);
+    send(&app, &mobile, vec![json!({"type": "identify", "anonymousId": "phone-7", "userId": "ada", "timestamp": "2024-05-02T08:01:00Z"})]).await;
+    app.settle().await;
+
+    let joined = app.lookup("anonymous_id", "phone-7").await;
+    assert_eq!(joined["id"], profile["id"], "the oldest profile survives");
+    assert_eq!(joined["event_count"], 5);
+    assert_eq!(joined["merged_from"], json!([phone_profile["id"]]));
+    let by_old_id = app
+        .get_json(&format!(
+            "/v1/profiles/{}",
+            phone_profile["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        by_old_id["id"], profile["id"],
+        "a merged-away id resolves to the survivor"
+    );
+
+    let timeline = app
+        .get_json(&format!(
+            "/v1/profiles/{}/events",
+            profile["id"].as_str().unwrap()
+        ))
+        .await;
+    let kinds: Vec<&str> = timeline["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["source"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["mobile", "mobile", "web", "web", "web"],
+        "newest first, across channels"
+    );
+}
+
+#[tokio::test]
+async fn a_support_ticket_with_only_an_email_and_a_desk_id_joins_the_right_person() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let (_, desk) = app.create_source("Zendesk", "support").await;
+    send(&app, &web, vec![
+        json!({"type": "identify", "userId": "ada", "traits": {"email": "ada@example.com"}}),
+        json!({"type": "identify", "userId": "grace", "traits": {"email": "grace@example.com"}}),
+    ]).await;
+    send(&app, &desk, vec![json!({
+        "type": "track", "event": "Ticket Created", "anonymousId": "zd-requester-551",
+        "context": {"traits": {"email": " Grace@Example.com"}, "externalIds": [{"id": "Z-42", "type": "zendesk_id", "collection": "users", "encoding": "none"}]},
+    })]).await;
+    app.settle().await;
+    let grace = app.lookup("user_id", "grace").await;
+    assert_eq!(grace["event_count"], 2);
+    assert_eq!(app.lookup("zendesk_id", "Z-42").await["id"], grace["id"]);
+    assert_eq!(app.lookup("user_id", "ada").await["event_count"], 1);
+}
+
+#[tokio::test]
+async fn a_point_of_sale_order_with_a_formatted_phone_joins_and_email_case_does_not_matter() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let (_, till) = app.create_source("Store till", "pos").await;
+    let (_, mail) = app.create_source("Newsletter", "email").await;
+    send(&app, &web, vec![json!({"type": "identify", "userId": "ada", "traits": {"email": "ada@example.com", "phone": "+44 20 7946 0958"}})]).await;
+    send(&app, &till, vec![json!({"type": "track", "event": "Order Completed", "anonymousId": "receipt-881", "properties": {"total": 42}, "context": {"traits": {"phone": "(+44) 20-7946-0958"}}})]).await;
+    send(&app, &mail, vec![json!({"type": "track", "event": "Email Opened", "anonymousId": "mail-open-3", "context": {"traits": {"email": "  ADA@Example.COM "}}})]).await;
+    app.settle().await;
+    let ada = app.lookup("phone", "+442079460958").await;
+    assert_eq!(ada["event_count"], 3);
+    assert_eq!(
+        app.lookup("email", "Ada@Example.com").await["id"],
+        ada["id"],
+        "lookups normalize like resolution"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_family_computer_and_a_household_landline_do_not_fuse_two_people() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    send(&app, &web, vec![
+        json!({"type": "identify", "anonymousId": "family-pc", "userId": "mum", "traits": {"phone": "01632 960 001"}}),
+        json!({"type": "identify", "anonymousId": "family-pc", "userId": "son", "traits": {"phone": "01632 960 001"}}),
+        json!({"type": "track", "anonymousId": "family-pc", "userId": "son", "event": "Game Bought"}),
+    ]).await;
+    app.settle().await;
+    let mum = app.lookup("user_id", "mum").await;
+    let son = app.lookup("user_id", "son").await;
+    assert_ne!(mum["id"], son["id"]);
+    assert_eq!(son["event_count"], 2);
+    assert_eq!(identities(&son), vec![pair("user_id", "son")]);
+    assert_eq!(app.lookup("phone", "01632960001").await["id"], mum["id"]);
+}
+
+#[tokio::test]
+async fn placeholder_ids_on_many_people_fuse_nobody() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let batch = ["undefined", "null", "0", "N/A", "anonymous"]
+        .iter()
+        .enumerate()
+        .map(|(i, junk)| json!({"type": "identify", "userId": format!("user-{i}"), "anonymousId": junk, "traits": {"email": "null", "phone": "unknown"}}))
+        .collect();
+    send(&app, &web, batch).await;
+    app.settle().await;
+    let db = app.db().await;
+    let live: i64 = db
+        .query_one(
+            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 5);
+    problem(
+        app.admin(
+            reqwest::Method::GET,
+            "/v1/profiles/lookup?anonymous_id=undefined",
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_older_identify_arriving_late_does_not_win_and_null_removes_a_trait() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let (_, crm) = app.create_source("CRM", "crm").await;
+    send(&app, &web, vec![json!({"type": "identify", "userId": "ada", "timestamp": "2024-06-01T00:00:00Z", "traits": {"plan": "pro", "coupon": "WELCOME"}})]).await;
+    send(&app, &crm, vec![
+        json!({"type": "identify", "userId": "ada", "timestamp": "2024-01-01T00:00:00Z", "traits": {"plan": "free", "company": "Analytical Engines"}}),
+        json!({"type": "identify", "userId": "ada", "timestamp": "2024-07-01T00:00:00Z", "traits": {"coupon": null}}),
+    ]).await;
+    app.settle().await;
+    let ada = app.lookup("user_id", "ada").await;
+    assert_eq!(
+        ada["traits"],
+        json!({"plan": "pro", "company": "Analytical Engines"})
+    );
+}
+
+#[tokio::test]
+async fn an_alias_joins_and_a_late_link_merge_explains_itself() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let (_, mail) = app.create_source("Email", "email").await;
+    send(&app, &web, vec![
+        json!({"type": "page", "anonymousId": "visitor-9", "timestamp": "2024-01-01T00:00:00Z"}),
+        json!({"type": "identify", "userId": "ada", "timestamp": "2024-02-01T00:00:00Z"}),
+    ]).await;
+    send(&app, &mail, vec![json!({"type": "track", "event": "Email Clicked", "anonymousId": "esp-77", "context": {"traits": {"email": "ada@example.com"}}, "timestamp": "2024-03-01T00:00:00Z"})]).await;
+    app.settle().await;
+    let visitor = app.lookup("anonymous_id", "visitor-9").await;
+    let ada = app.lookup("user_id", "ada").await;
+    let by_email = app.lookup("email", "ada@example.com").await;
+    assert_ne!(visitor["id"], ada["id"]);
+    assert_ne!(by_email["id"], ada["id"]);
+
+    send(&app, &web, vec![
+        json!({"type": "alias", "previousId": "visitor-9", "userId": "ada", "messageId": "alias-1"}),
+        json!({"type": "identify", "userId": "ada", "traits": {"email": "ada@example.com"}, "messageId": "late-link"}),
+    ]).await;
+    app.settle().await;
+    let survivor = app.lookup("user_id", "ada").await;
+    assert_eq!(survivor["id"], visitor["id"], "the oldest profile survives");
+    assert_eq!(survivor["event_count"], 5);
+    let merges = app
+        .get_json(&format!(
+            "/v1/profiles/{}/merges",
+            survivor["id"].as_str().unwrap()
+        ))
+        .await;
+    let items = merges["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["profile_id"], ada["id"]);
+    assert_eq!(
+        items[0]["identifier"],
+        json!({"kind": "user_id", "value": "ada"})
+    );
+    assert_eq!(items[0]["message_id"], "alias-1");
+    assert_eq!(items[1]["profile_id"], by_email["id"]);
+    assert_eq!(
+        items[1]["identifier"],
+        json!({"kind": "email", "value": "ada@example.com"})
+    );
+    assert_eq!(items[1]["message_id"], "late-link");
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_requests_for_one_new_person_make_one_profile() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let mut keys = Vec::new();
+    for kind in ["web", "mobile", "support", "pos"] {
+        keys.push(app.create_source(kind, kind).await.1);
+    }
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (app, key) = (app.clone(), keys[i % 4].clone());
+            tokio::spawn(async move {
+                let body = json!({"type": "identify", "userId": "newcomer", "anonymousId": format!("device-{i}"), "traits": {"email": "new@example.com"}});
+                app.post_tracking("/v1/identify", &key, &body).await.status()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    app.settle().await;
+    let profile = app.lookup("email", "new@example.com").await;
+    assert_eq!(profile["event_count"], 16);
+    assert_eq!(identities(&profile).len(), 18);
+    let live: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 1);
+}
+
+#[tokio::test]
+async fn arrival_order_does_not_change_the_profile() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let messages = |tag: &str| {
+        vec![
+            json!({"type": "identify", "userId": format!("u-{tag}"), "timestamp": "2024-01-01T00:00:00Z", "traits": {"plan": "free", "city": "York"}}),
+            json!({"type": "identify", "anonymousId": format!("a-{tag}"), "timestamp": "2024-03-01T00:00:00Z", "traits": {"email": format!("{tag}@example.com"), "plan": "pro"}}),
+            json!({"type": "identify", "userId": format!("u-{tag}"), "anonymousId": format!("a-{tag}"), "timestamp": "2024-02-01T00:00:00Z", "traits": {"city": "Bath"}}),
+        ]
+    };
+    let forward = messages("forward");
+    let mut reverse = messages("reverse");
+    reverse.reverse();
+    for message in forward {
+        send(&app, &web, vec![message]).await;
+        app.settle().await;
+    }
+    for message in reverse {
+        send(&app, &web, vec![message]).await;
+        app.settle().await;
+    }
+    let a = app.lookup("user_id", "u-forward").await;
+    let b = app.lookup("user_id", "u-reverse").await;
+    assert_eq!(a["traits"]["plan"], "pro");
+    assert_eq!(a["traits"]["city"], "Bath");
+    assert_eq!(a["traits"]["plan"], b["traits"]["plan"]);
+    assert_eq!(a["traits"]["city"], b["traits"]["city"]);
+    assert_eq!(identities(&a).len(), 3);
+    assert_eq!(identities(&b).len(), 3);
+    assert_eq!(a["event_count"], b["event_count"]);
+}
+
+#[tokio::test]
+async fn the_timeline_pages_and_filters_by_source_and_type() {
+    let app = spawn_app().await;
+    let (web_id, web) = app.create_source("Web", "web").await;
+    let (_, desk) = app.create_source("Desk", "support").await;
+    let batch: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "page", "userId": "ada", "name": format!("P{i}"), "timestamp": format!("2024-01-0{}T00:00:00Z", i + 1)}))
+        .collect();
+    send(&app, &web, batch).await;
+    send(&app, &desk, vec![json!({"type": "track", "userId": "ada", "event": "Ticket Created", "timestamp": "2024-02-01T00:00:00Z"})]).await;
+    app.settle().await;
+    let id = app.lookup("user_id", "ada").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let first = app
+        .get_json(&format!("/v1/profiles/{id}/events?limit=4"))
+        .await;
+    assert_eq!(first["items"][0]["event"], "Ticket Created");
+    assert_eq!(first["items"].as_array().unwrap().len(), 4);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = app
+        .get_json(&format!("/v1/profiles/{id}/events?limit=4&before={cursor}"))
+        .await;
+    let names: Vec<&str> = second["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["P1", "P0"]);
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    let support = app
+        .get_json(&format!("/v1/profiles/{id}/events?source=support"))
+        .await;
+    assert_eq!(support["items"].as_array().unwrap().len(), 1);
+    let web_only = app
+        .get_json(&format!(
+            "/v1/profiles/{id}/events?source={web_id}&type=page"
+        ))
+        .await;
+    assert_eq!(web_only["items"].as_array().unwrap().len(), 5);
+    problem(
+        app.admin(
+            reqwest::Method::GET,
+            &format!("/v1/profiles/{id}/events?type=shout"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    problem(
+        app.admin(
+            reqwest::Method::GET,
+            &format!("/v1/profiles/{id}/events?before=xyz"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_profiles_and_bad_lookups_get_problems() {
+    let app = spawn_app().await;
+    let missing = uuid::Uuid::new_v4();
+    problem(
+        app.admin(reqwest::Method::GET, &format!("/v1/profiles/{missing}"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    problem(
+        app.admin(
+            reqwest::Method::GET,
+            &format!("/v1/profiles/{missing}/events"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    problem(
+        app.admin(
+            reqwest::Method::GET,
+            "/v1/profiles/lookup?email=nobody@example.com",
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    problem(
+        app.admin(reqwest::Method::GET, "/v1/profiles/lookup")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    problem(
+        app.admin(
+            reqwest::Method::GET,
+            "/v1/profiles/lookup?email=a@b.c&user_id=x",
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    let no_token = app
+        .client
+        .get(app.url(&format!("/v1/profiles/{missing}")))
+        .send()
+        .await
+        .unwrap();
+    problem(no_token, 401).await;
+}
