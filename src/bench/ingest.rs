@@ -2,7 +2,7 @@
 //! process (fresh database), then COPYs the very same rows into a table of the same shape. The
 //! figure is ingest rate / COPY rate, both measured in the same run on the same machine.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
+use super::BenchDatabase;
 use crate::config::Settings;
 use crate::ingest::message::{parse_batch, Limits, Message};
 use crate::startup::Application;
@@ -40,16 +41,13 @@ pub struct IngestBench {
     pub keep: bool,
 }
 
-pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()> {
+pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     ensure!(
         args.batch > 0 && args.connections > 0,
         "--batch and --connections must be positive"
     );
-    let db_name = format!("kizuna_bench_{}", Utc::now().format("%Y%m%d%H%M%S"));
-    settings.database.url = format!("{}/{db_name}", args.server.trim_end_matches('/'));
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.auth.admin_token = crate::auth::new_secret("bench_");
-    let admin_token = settings.auth.admin_token.clone();
+    let bench = BenchDatabase::create(&args.server, "ingest", settings).await?;
+    let admin_token = bench.settings.auth.admin_token.clone();
 
     eprintln!(
         "generating {} messages in batches of {}…",
@@ -64,7 +62,7 @@ pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()
         bytes as f64 / args.messages as f64
     );
 
-    let app = Application::build(settings.clone()).await?;
+    let app = Application::build(bench.settings.clone()).await?;
     let base = format!("http://{}", app.address());
     let state = app.state();
     let handle = app.handle();
@@ -86,6 +84,8 @@ pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()
     let source_id: Uuid = source["id"].as_str().context("no source id")?.parse()?;
 
     eprintln!("ingest: {} connections…", args.connections);
+    let done = Arc::new(AtomicBool::new(false));
+    let probe = tokio::spawn(freshness_probe(base.clone(), write_key.clone(), admin_token.clone(), done.clone()));
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -130,19 +130,21 @@ pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()
     }
     let ingest_secs = started.elapsed().as_secs_f64();
     let ingest_rate = args.messages as f64 / ingest_secs;
+    done.store(true, Ordering::Relaxed);
+    let freshness = probe.await??;
 
     let db = state.db.clone();
-    let stored: i64 = db
-        .conn()
-        .await?
-        .query_one("SELECT count(*) FROM events", &[])
-        .await?
-        .get(0);
-    ensure!(
-        stored as usize == args.messages,
-        "stored {stored} of {} messages",
-        args.messages
-    );
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move { Ok::<i64, anyhow::Error>(db.conn().await?.query_one(sql, &[]).await?.get(0)) }
+    };
+    let stored = count("SELECT count(*) FROM events WHERE message_id LIKE 'bench-%'").await?;
+    ensure!(stored as usize == args.messages, "stored {stored} of {} messages", args.messages);
+    while count("SELECT count(*) FROM events WHERE NOT resolved").await? > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let caught_up_secs = started.elapsed().as_secs_f64();
+    let profiles = count("SELECT count(*) FROM profiles WHERE merged_into IS NULL").await?;
 
     eprintln!("COPY baseline: the same rows into events_copy…");
     let rows = Arc::new(parse_rows(&bodies)?);
@@ -177,6 +179,17 @@ pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()
         latencies.value_at_quantile(0.99) as f64 / 1e3,
         latencies.max() as f64 / 1e3
     );
+    println!(
+        "  identity resolution caught up {:.1} s after the last acknowledgement ({profiles} live profiles)",
+        caught_up_secs - ingest_secs
+    );
+    println!(
+        "  freshness (ack -> profile lookup sees it), {} probes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        freshness.len(),
+        freshness.value_at_quantile(0.50) as f64 / 1e3,
+        freshness.value_at_quantile(0.99) as f64 / 1e3,
+        freshness.max() as f64 / 1e3
+    );
     println!("  COPY    {copy_rate:>10.0} rows/s    ({copy_secs:.1} s)");
     println!(
         "  ratio ingest/COPY = {:.2} (target >= 0.35)",
@@ -185,16 +198,44 @@ pub async fn run(args: IngestBench, mut settings: Settings) -> anyhow::Result<()
 
     handle.stop(true).await;
     server.await??;
-    if !args.keep {
-        let mut admin: tokio_postgres::Config = args.server.parse()?;
-        admin.dbname("postgres");
-        let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
-            .await?;
+    bench.finish(args.keep).await
+}
+
+/// Every 100 ms during the load: identify a new person, then poll the lookup until the profile
+/// shows; the time from the 200 to the first successful lookup is the freshness.
+async fn freshness_probe(
+    base: String,
+    write_key: String,
+    token: String,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let client = reqwest::Client::new();
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut n = 0;
+    while !done.load(Ordering::Relaxed) {
+        n += 1;
+        let user = format!("probe-{n}");
+        let body = json!({"userId": user, "traits": {"probe": n}});
+        let response = client.post(format!("{base}/v1/identify")).basic_auth(&write_key, Some("")).json(&body).send().await?;
+        ensure!(response.status() == 200, "probe identify answered {}", response.status());
+        let acked = Instant::now();
+        loop {
+            let found = client
+                .get(format!("{base}/v1/profiles/lookup?user_id={user}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .status();
+            if found == 200 {
+                break;
+            }
+            ensure!(acked.elapsed().as_secs() < 60, "probe {n} never became visible");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        latencies.record(acked.elapsed().as_micros() as u64)?;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    Ok(())
+    Ok(latencies)
 }
 
 /// The rows exactly as ingestion stores them.

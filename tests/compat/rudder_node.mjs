@@ -16,6 +16,8 @@ const client = new Analytics(KIZUNA_WRITE_KEY, {
   dataPlaneUrl: KIZUNA_URL, flushAt: 100, flushInterval: 60000, retryCount: 1, logLevel: 'error',
 });
 const errors = [];
+// The SDK sends the first message at once without awaiting it: record that failure too.
+process.on('unhandledRejection', (err) => errors.push(`upload failed: ${err?.message ?? err}`));
 const sent = (what) => (err) => err && errors.push(`${what} upload failed: ${err.message ?? err}`);
 client.identify({ userId: user, anonymousId: anon,
   traits: { email: `${user}@example.com`, plan: 'pro', seats: 3 } }, sent('identify'));

@@ -19,15 +19,18 @@ cleanup() {
   psql "$PG/postgres" -Xq -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 }
 trap cleanup EXIT
+trap "exit 1" INT TERM
 die() { echo "compat: $*" >&2; echo "compat: 0 passed, 1 failed"; exit 1; }
 
 [ -x "$BIN" ] || die "no server binary at $BIN (cargo build first)"
 mkdir -p target
 echo "compat: installing SDKs"
 [ -x target/compat-venv/bin/python ] || python3 -m venv target/compat-venv || die "venv failed"
-target/compat-venv/bin/pip install -q --disable-pip-version-check segment-analytics-python \
+target/compat-venv/bin/pip install -q --disable-pip-version-check segment-analytics-python==2.4.0 \
   || die "pip install failed"
-(cd tests/compat && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed"
+# `npm install`, not `npm ci`: with omit-lockfile-registry-resolved set, npm 11 leaves other
+# platforms' optional packages out of the lock file and `npm ci` then refuses it.
+(cd tests/compat && npm install --no-audit --no-fund --loglevel=error) || die "npm install failed"
 
 echo "compat: starting $BIN on $URL (database $DB, log $LOG)"
 KIZUNA__AUTH__ADMIN_TOKEN=$TOKEN KIZUNA__SERVER__BIND=127.0.0.1:$PORT DATABASE_URL=$PG/$DB \
