@@ -56,6 +56,8 @@ pub struct DatabaseSettings {
     pub acquire_timeout_secs: u64,
     pub statement_timeout_secs: u64,
     pub embedded_dir: PathBuf,
+    /// Where an unconfigured Kizuna looks for a local PostgreSQL before starting its own.
+    pub probe_addr: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,11 +46,10 @@ pub async fn resolve_database(
     if !settings.database.url.is_empty() {
         return Ok((settings.database.url.clone(), None));
     }
-    if db::answers("127.0.0.1:5432", Duration::from_secs(1)).await {
-        tracing::info!(
-            "no database configured: using PostgreSQL on 127.0.0.1:5432, database kizuna"
-        );
-        return Ok(("postgres://postgres@127.0.0.1:5432/kizuna".into(), None));
+    let probe = &settings.database.probe_addr;
+    if db::answers(probe, Duration::from_secs(1)).await {
+        tracing::info!(%probe, "no database configured: using the local PostgreSQL, database kizuna");
+        return Ok((format!("postgres://postgres@{probe}/kizuna"), None));
     }
     let dir = settings.database.embedded_dir.clone();
     let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;

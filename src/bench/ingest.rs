@@ -85,7 +85,12 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
 
     eprintln!("ingest: {} connections…", args.connections);
     let done = Arc::new(AtomicBool::new(false));
-    let probe = tokio::spawn(freshness_probe(base.clone(), write_key.clone(), admin_token.clone(), done.clone()));
+    let probe = tokio::spawn(freshness_probe(
+        base.clone(),
+        write_key.clone(),
+        admin_token.clone(),
+        done.clone(),
+    ));
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -139,7 +144,11 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         async move { Ok::<i64, anyhow::Error>(db.conn().await?.query_one(sql, &[]).await?.get(0)) }
     };
     let stored = count("SELECT count(*) FROM events WHERE message_id LIKE 'bench-%'").await?;
-    ensure!(stored as usize == args.messages, "stored {stored} of {} messages", args.messages);
+    ensure!(
+        stored as usize == args.messages,
+        "stored {stored} of {} messages",
+        args.messages
+    );
     while count("SELECT count(*) FROM events WHERE NOT resolved").await? > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -216,8 +225,17 @@ async fn freshness_probe(
         n += 1;
         let user = format!("probe-{n}");
         let body = json!({"userId": user, "traits": {"probe": n}});
-        let response = client.post(format!("{base}/v1/identify")).basic_auth(&write_key, Some("")).json(&body).send().await?;
-        ensure!(response.status() == 200, "probe identify answered {}", response.status());
+        let response = client
+            .post(format!("{base}/v1/identify"))
+            .basic_auth(&write_key, Some(""))
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 200,
+            "probe identify answered {}",
+            response.status()
+        );
         let acked = Instant::now();
         loop {
             let found = client
@@ -229,7 +247,10 @@ async fn freshness_probe(
             if found == 200 {
                 break;
             }
-            ensure!(acked.elapsed().as_secs() < 60, "probe {n} never became visible");
+            ensure!(
+                acked.elapsed().as_secs() < 60,
+                "probe {n} never became visible"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         latencies.record(acked.elapsed().as_micros() as u64)?;

@@ -76,12 +76,15 @@ pub async fn run(args: LookupBench, settings: Settings) -> anyhow::Result<()> {
                 let (base, token) = (base.clone(), token.clone());
                 let n = args.profiles;
                 tasks.push(tokio::spawn(async move {
-                    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .build()?;
                     let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64);
                     let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
                     while Instant::now() < deadline {
                         let g = rng.random_range(1..=n);
-                        let url = format!("{base}/v1/profiles/lookup?email=customer{g}@example.com");
+                        let url =
+                            format!("{base}/v1/profiles/lookup?email=customer{g}@example.com");
                         let sent = Instant::now();
                         let response = client.get(url).bearer_auth(&token).send().await?;
                         let status = response.status();
@@ -102,7 +105,10 @@ pub async fn run(args: LookupBench, settings: Settings) -> anyhow::Result<()> {
     measure(2).await?;
     let latencies = measure(args.seconds).await?;
     let rps = latencies.len() as f64 / args.seconds as f64;
-    println!("kizuna bench lookup: {} profiles, {} connections, {} s", args.profiles, args.connections, args.seconds);
+    println!(
+        "kizuna bench lookup: {} profiles, {} connections, {} s",
+        args.profiles, args.connections, args.seconds
+    );
     println!("  {rps:.0} requests/s");
     println!(
         "  latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",

@@ -4,8 +4,8 @@
 pub mod ingest;
 pub mod lookup;
 
-use clap::Subcommand;
 use chrono::Utc;
+use clap::Subcommand;
 
 use crate::config::Settings;
 
@@ -37,7 +37,11 @@ impl BenchDatabase {
         settings.database.url = format!("{}/{name}", server.trim_end_matches('/'));
         settings.server.bind = "127.0.0.1:0".into();
         settings.auth.admin_token = crate::auth::new_secret("bench_");
-        Ok(BenchDatabase { settings, server: server.to_string(), name })
+        Ok(BenchDatabase {
+            settings,
+            server: server.to_string(),
+            name,
+        })
     }
 
     /// Drops the database unless asked to keep it.
@@ -50,7 +54,12 @@ impl BenchDatabase {
         admin.dbname("postgres");
         let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        client.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", crate::db::quote_ident(&self.name))).await?;
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                crate::db::quote_ident(&self.name)
+            ))
+            .await?;
         Ok(())
     }
 }

@@ -4,4 +4,5 @@ mod admin;
 mod helpers;
 mod identity;
 mod operations;
+mod process;
 mod tracking;
