@@ -18,28 +18,25 @@ const MIGRATION_LOCK: i64 = 0x6b697a756e61; // "kizuna"
 /// Applies pending migrations; returns the versions applied now.
 pub async fn run(db: &Db) -> anyhow::Result<Vec<String>> {
     let mut client = db.conn().await.context("connecting to run migrations")?;
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS kizuna_migrations (
-                version text PRIMARY KEY,
-                checksum text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await
-        .or_else(|e| {
-            // Two instances creating the table at once: the loser sees a unique violation.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .context("creating kizuna_migrations")?;
+    // Everything, the bookkeeping table included, happens under the lock, so instances starting
+    // together apply each migration once.
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let result = apply_pending(&mut client).await;
+    let result = async {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS kizuna_migrations (
+                    version text PRIMARY KEY,
+                    checksum text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )",
+            )
+            .await
+            .context("creating kizuna_migrations")?;
+        apply_pending(&mut client).await
+    }
+    .await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;

@@ -164,7 +164,10 @@ pub async fn ensure_database(url: &str, connect_timeout: Duration) -> anyhow::Re
         let sql = format!("CREATE DATABASE {}", quote_ident(&name));
         match client.batch_execute(&sql).await {
             Ok(()) => tracing::info!(database = %name, "created the database"),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            // Another instance created it first: a duplicate, or (racing) a catalog unique violation.
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
             Err(e) => return Err(e).with_context(|| format!("creating database {name:?}")),
         }
     }

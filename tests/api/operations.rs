@@ -135,3 +135,38 @@ async fn when_the_database_goes_away_ingest_answers_503_promptly_and_recovers() 
     }
     assert_eq!(app.count_events().await, 3);
 }
+
+#[tokio::test]
+async fn two_instances_starting_at_once_migrate_one_database_once() {
+    let db_name = format!("kizuna_test_{}", uuid::Uuid::new_v4().simple());
+    let build = || {
+        let mut settings = kizuna::config::Settings::load().unwrap();
+        settings.database.url = format!(
+            "postgres://postgres@{}/{db_name}",
+            crate::helpers::pg_addr()
+        );
+        settings.server.bind = "127.0.0.1:0".into();
+        settings.server.workers = 1;
+        kizuna::startup::Application::build(settings)
+    };
+    let (a, b) = tokio::join!(build(), build());
+    let (a, b) = (
+        a.expect("first instance starts"),
+        b.expect("second instance starts"),
+    );
+    let client = crate::helpers::pg_client(&db_name).await.unwrap();
+    let versions: i64 = client
+        .query_one("SELECT count(*) FROM kizuna_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions as usize, kizuna::db::migrate::MIGRATIONS.len());
+    drop((a.handle().stop(false), b.handle().stop(false)));
+    drop((a, b, client));
+    crate::helpers::pg_client("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}
