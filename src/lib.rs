@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod profiles;
+pub mod segments;
 pub mod sources;
 pub mod startup;
 pub mod telemetry;

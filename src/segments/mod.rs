@@ -1,0 +1,3 @@
+//! Segments: the definition language (pure, `definition.rs`).
+
+pub mod definition;
