@@ -45,6 +45,21 @@ fn meta_key(meta: &Value) -> (String, i64) {
     )
 }
 
+/// Whether an observation at `incoming` replaces the one recorded in `existing` meta: the
+/// latest wins, or for set-once traits the earliest.
+fn replaces(
+    name: &str,
+    incoming: &(String, i64),
+    existing: Option<&Value>,
+    set_once: &HashSet<String>,
+) -> bool {
+    match existing {
+        None => true,
+        Some(existing) if set_once.contains(name) => *incoming < meta_key(existing),
+        Some(existing) => *incoming > meta_key(existing),
+    }
+}
+
 /// Applies one message's traits to a profile's traits and per-trait meta. Returns whether
 /// anything changed.
 pub fn apply(
@@ -57,12 +72,7 @@ pub fn apply(
     let key = seen.key();
     let mut changed = false;
     for (name, value) in incoming {
-        let wins = match meta.get(name) {
-            None => true,
-            Some(existing) if set_once.contains(name) => key < meta_key(existing),
-            Some(existing) => key > meta_key(existing),
-        };
-        if !wins {
+        if !replaces(name, &key, meta.get(name), set_once) {
             continue;
         }
         changed = true;
@@ -86,13 +96,7 @@ pub fn merge(
     set_once: &HashSet<String>,
 ) {
     for (name, their_meta) in loser_meta {
-        let theirs = meta_key(their_meta);
-        let wins = match meta.get(name) {
-            None => true,
-            Some(existing) if set_once.contains(name) => theirs < meta_key(existing),
-            Some(existing) => theirs > meta_key(existing),
-        };
-        if wins {
+        if replaces(name, &meta_key(their_meta), meta.get(name), set_once) {
             match loser_traits.get(name) {
                 Some(value) => traits.insert(name.clone(), value.clone()),
                 None => traits.remove(name),

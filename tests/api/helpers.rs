@@ -82,15 +82,7 @@ impl Drop for TestApp {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async move {
-                if let Ok(client) = pg_client("postgres").await {
-                    let _ = client
-                        .batch_execute(&format!(
-                            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-                        ))
-                        .await;
-                }
-            });
+            rt.block_on(drop_database(&db_name));
         })
         .join()
         .ok();
@@ -105,6 +97,15 @@ pub async fn pg_client(db: &str) -> Result<tokio_postgres::Client, tokio_postgre
     .await?;
     tokio::spawn(conn);
     Ok(client)
+}
+
+/// Drops a test database, closing whatever sessions it still has.
+pub async fn drop_database(name: &str) {
+    if let Ok(client) = pg_client("postgres").await {
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+    }
 }
 
 impl TestApp {

@@ -163,10 +163,5 @@ async fn two_instances_starting_at_once_migrate_one_database_once() {
     assert_eq!(versions as usize, kizuna::db::migrate::MIGRATIONS.len());
     drop((a.handle().stop(false), b.handle().stop(false)));
     drop((a, b, client));
-    crate::helpers::pg_client("postgres")
-        .await
-        .unwrap()
-        .batch_execute(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
-        .await
-        .unwrap();
+    crate::helpers::drop_database(&db_name).await;
 }

@@ -118,12 +118,7 @@ async fn sigterm_lets_the_server_finish_and_exit_cleanly() {
         .get(0);
     assert_eq!(stored, 1);
     drop(client);
-    pg_client("postgres")
-        .await
-        .unwrap()
-        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
-        .await
-        .unwrap();
+    crate::helpers::drop_database(&db).await;
 }
 
 #[tokio::test]
