@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod profiles;
+pub mod query;
 pub mod segments;
 pub mod sources;
 pub mod startup;

@@ -15,6 +15,7 @@ use crate::db::{self, embedded::EmbeddedPostgres, Db};
 use crate::identity::resolver::Resolver;
 use crate::identity::IdentityRules;
 use crate::metrics::Metrics;
+use crate::query::QueryEngine;
 use crate::sources::WriteKeys;
 
 /// Everything request handlers share.
@@ -27,6 +28,8 @@ pub struct AppState {
     pub rules: Arc<IdentityRules>,
     /// Wakes the identity resolver when new events are stored.
     pub resolver_wake: Arc<Notify>,
+    /// The DataFusion query layer over the columnar snapshot.
+    pub query: Arc<QueryEngine>,
 }
 
 pub struct Application {
@@ -94,6 +97,11 @@ impl Application {
             metrics: Arc::new(Metrics::new()),
             rules: Arc::new(IdentityRules::from_settings(&settings.identity)),
             resolver_wake: Arc::new(Notify::new()),
+            query: Arc::new(
+                QueryEngine::new(db.clone())
+                    .await
+                    .context("starting the query engine")?,
+            ),
             db,
             settings,
         });

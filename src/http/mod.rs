@@ -5,6 +5,7 @@ pub mod admin;
 pub mod openapi;
 pub mod ops;
 pub mod profiles;
+pub mod segments;
 pub mod tracking;
 
 use std::panic::AssertUnwindSafe;
@@ -117,6 +118,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(tracking::routes)
             .configure(admin::routes)
             .configure(profiles::routes)
+            .configure(segments::routes)
             .configure(ops::routes)
             .default_service(web::to(not_found)),
     );

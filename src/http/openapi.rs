@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ops, profiles, tracking};
+use super::{admin, ops, profiles, segments, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,8 @@ use super::{admin, ops, profiles, tracking};
         admin::create_source, admin::list_sources, admin::get_source, admin::update_source,
         admin::delete_source, admin::create_api_key, admin::list_api_keys, admin::delete_api_key,
         profiles::get_profile, profiles::lookup, profiles::timeline, profiles::merges,
+        segments::create, segments::list, segments::get, segments::replace, segments::delete,
+        segments::preview, segments::evaluate, segments::members, segments::history,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&Security)

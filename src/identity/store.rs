@@ -148,7 +148,7 @@ pub async fn update_profiles(
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
         "UPDATE profiles p SET first_seen = u.first_seen, last_seen = u.last_seen, event_count = u.event_count,
-                traits = u.traits, trait_meta = u.trait_meta, version = p.version + 1, updated_at = now()
+                traits = u.traits, trait_meta = u.trait_meta, version = nextval('profile_versions'), updated_at = now()
          FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])
               AS u(id, first_seen, last_seen, event_count, traits, trait_meta)
          WHERE p.id = u.id",
@@ -192,8 +192,23 @@ pub async fn apply_merges(
         &[&losers, &winners],
     )
     .await?;
+    // Memberships move to the survivor; where both were members, the earlier entry stands.
     tx.execute(
-        "UPDATE profiles p SET merged_into = m.winner, version = p.version + 1, updated_at = now()
+        "INSERT INTO segment_members (segment_id, profile_id, entered_at)
+         SELECT s.segment_id, m.winner, min(s.entered_at)
+         FROM segment_members s JOIN unnest($1::uuid[], $2::uuid[]) AS m(loser, winner) ON s.profile_id = m.loser
+         GROUP BY 1, 2
+         ON CONFLICT (segment_id, profile_id) DO UPDATE SET entered_at = LEAST(segment_members.entered_at, EXCLUDED.entered_at)",
+        &[&losers, &winners],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM segment_members s USING unnest($1::uuid[]) AS l(loser) WHERE s.profile_id = l.loser",
+        &[&losers],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE profiles p SET merged_into = m.winner, version = nextval('profile_versions'), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
          WHERE p.id = m.loser OR p.merged_into = m.loser",
         &[&losers, &winners],
@@ -224,7 +239,7 @@ pub async fn mark_resolved(
     profile_ids: &[Option<Uuid>],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "UPDATE events e SET resolved = true, profile_id = r.profile_id
+        "UPDATE events e SET resolved = true, profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
          FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq",
         &[&seqs, &profile_ids],
     )

@@ -29,14 +29,17 @@ pub struct Profile {
     pub merged_from: Vec<Uuid>,
 }
 
-const PROFILE_COLUMNS: &str = "
+const PROFILE_COLUMNS: &str = r#"
 SELECT p.id, p.traits, p.first_seen, p.last_seen, p.event_count,
        coalesce((SELECT jsonb_agg(jsonb_build_object('kind', i.kind, 'value', i.value, 'source', i.source_id,
-                                                    'first_seen', i.first_seen)
+                                                    'first_seen', to_char(i.first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
                                   ORDER BY i.first_seen, i.kind, i.value)
                  FROM identities i WHERE i.profile_id = p.id), '[]'::jsonb),
-       coalesce((SELECT array_agg(m.id ORDER BY m.id) FROM profiles m WHERE m.merged_into = p.id), '{}')
-FROM profiles p";
+       coalesce((SELECT array_agg(m.id ORDER BY m.id) FROM profiles m WHERE m.merged_into = p.id), '{}'),
+       coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'entered_at', to_char(sm.entered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                                  ORDER BY sm.entered_at, s.id)
+                 FROM segment_members sm JOIN segments s ON s.id = sm.segment_id WHERE sm.profile_id = p.id), '[]'::jsonb)
+FROM profiles p"#;
 
 /// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
 static BY_ID: LazyLock<String> = LazyLock::new(|| {
@@ -56,7 +59,7 @@ fn profile(row: &tokio_postgres::Row) -> Profile {
         identities: row.get(5),
         merged_from: row.get(6),
         computed: Value::Object(Default::default()),
-        segments: Value::Array(vec![]),
+        segments: row.get(7),
     }
 }
 

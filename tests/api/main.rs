@@ -5,4 +5,5 @@ mod helpers;
 mod identity;
 mod operations;
 mod process;
+mod segments;
 mod tracking;

@@ -1,0 +1,135 @@
+//! The query layer: one DataFusion `SessionContext` over the columnar snapshot, owned here and
+//! swapped whole on refresh so a running query never sees half a refresh. Tables: `profiles`
+//! (live profiles; `traits` is a struct of typed columns), `identities`, `events` (each with its
+//! live profile id), and `merges`. Nothing here knows about HTTP.
+
+pub mod json;
+pub mod snapshot;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use tokio::sync::Mutex;
+
+use crate::db::{Db, DbError};
+pub use snapshot::RefreshStats;
+use snapshot::Snapshot;
+
+/// Failures of the query layer, split by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The user's definition or SQL cannot be planned.
+    #[error("{0}")]
+    Plan(String),
+    #[error("reading the snapshot from the database: {0}")]
+    Database(#[from] DbError),
+    #[error("query engine failure: {0}")]
+    Engine(#[from] DataFusionError),
+}
+
+/// A consistent view: the context and what its tables look like.
+pub struct View {
+    pub ctx: SessionContext,
+    pub trait_types: BTreeMap<String, DataType>,
+    pub profiles: usize,
+    pub events: usize,
+}
+
+pub struct QueryEngine {
+    db: Db,
+    snapshot: Mutex<Snapshot>,
+    current: RwLock<Arc<View>>,
+}
+
+impl QueryEngine {
+    pub async fn new(db: Db) -> Result<Self, QueryError> {
+        let empty = Snapshot::default();
+        let view = build_view(&empty).await?;
+        Ok(QueryEngine {
+            db,
+            snapshot: Mutex::new(empty),
+            current: RwLock::new(Arc::new(view)),
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The view queries run against.
+    pub fn view(&self) -> Arc<View> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Catches the snapshot up with PostgreSQL and publishes a new view.
+    pub async fn refresh(&self) -> Result<RefreshStats, QueryError> {
+        let mut snapshot = self.snapshot.lock().await;
+        let stats = snapshot.refresh(&self.db).await?;
+        if stats.profiles_changed > 0 || stats.events_added > 0 {
+            let view = build_view(&snapshot).await?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        }
+        Ok(stats)
+    }
+}
+
+async fn build_view(snapshot: &Snapshot) -> Result<View, QueryError> {
+    let tables = snapshot.tables();
+    let ctx = SessionContext::new();
+    ctx.register_udf(json::json_text());
+    ctx.register_udf(json::json_number());
+    let profiles = tables.profiles.num_rows();
+    ctx.register_table(
+        "profiles",
+        Arc::new(MemTable::try_new(
+            tables.profiles.schema(),
+            vec![vec![tables.profiles]],
+        )?),
+    )?;
+    ctx.register_table(
+        "identities",
+        Arc::new(MemTable::try_new(
+            tables.identities.schema(),
+            vec![vec![tables.identities]],
+        )?),
+    )?;
+    ctx.register_table(
+        "merges",
+        Arc::new(MemTable::try_new(
+            tables.merges.schema(),
+            vec![vec![tables.merges]],
+        )?),
+    )?;
+    ctx.register_table(
+        "events_raw",
+        Arc::new(MemTable::try_new(
+            tables.events_schema,
+            vec![tables.events],
+        )?),
+    )?;
+    // Events with the profile id of today's survivor.
+    let events = ctx
+        .state()
+        .create_logical_plan(
+            "SELECT coalesce(m.winner, e.profile_id) AS profile_id, e.type, e.event, e.ts, e.properties
+             FROM events_raw e LEFT JOIN merges m ON e.profile_id = m.loser",
+        )
+        .await?;
+    ctx.register_table(
+        "events",
+        Arc::new(datafusion::datasource::ViewTable::new(events, None)),
+    )?;
+    Ok(View {
+        ctx,
+        trait_types: tables.trait_types,
+        profiles,
+        events: snapshot.event_rows,
+    })
+}

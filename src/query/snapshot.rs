@@ -1,0 +1,353 @@
+//! The columnar snapshot: live profiles (traits as typed columns inferred from the data, plus the
+//! raw JSON), identities, resolved events and the merge map, as Arrow record batches. It follows
+//! PostgreSQL incrementally: profiles by their global `version`, events by `resolved_seq`, merges
+//! through `merged_into`. Events keep the profile id they were resolved to; the `merges` table
+//! maps merged-away ids to survivors at query time, so a merge never rewrites event batches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    StructArray, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::db::{Db, DbError};
+
+/// Rows of events fetched per round trip while catching up.
+const EVENT_CHUNK: i64 = 200_000;
+
+struct ProfileRow {
+    first_seen: i64,
+    last_seen: i64,
+    event_count: i64,
+    traits: Map<String, Value>,
+    identities: Vec<(String, String)>,
+}
+
+/// The in-memory state behind the registered tables.
+#[derive(Default)]
+pub struct Snapshot {
+    profiles: HashMap<Uuid, ProfileRow>,
+    profile_version: i64,
+    merges: HashMap<Uuid, Uuid>,
+    events: Vec<RecordBatch>,
+    event_watermark: i64,
+    pub event_rows: usize,
+}
+
+/// What a refresh read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RefreshStats {
+    pub profiles_changed: usize,
+    pub events_added: usize,
+}
+
+/// The batches to register, built from a `Snapshot`.
+pub struct Tables {
+    pub profiles: RecordBatch,
+    pub identities: RecordBatch,
+    pub events: Vec<RecordBatch>,
+    pub events_schema: SchemaRef,
+    pub merges: RecordBatch,
+    /// The inferred type of each (flattened, dotted) trait.
+    pub trait_types: BTreeMap<String, DataType>,
+}
+
+pub fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub fn events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, true),
+        Field::new("ts", utc_micros(), false),
+        Field::new("properties", DataType::Utf8, true),
+    ]))
+}
+
+impl Snapshot {
+    /// Reads what changed in PostgreSQL since the last refresh.
+    pub async fn refresh(&mut self, db: &Db) -> Result<RefreshStats, DbError> {
+        let mut stats = RefreshStats::default();
+        let client = db.conn().await?;
+        let rows = client
+            .query(
+                "SELECT p.id, p.version, p.merged_into, p.first_seen, p.last_seen, p.event_count, p.traits,
+                        coalesce((SELECT array_agg(i.kind) FROM identities i WHERE i.profile_id = p.id), '{}'),
+                        coalesce((SELECT array_agg(i.value) FROM identities i WHERE i.profile_id = p.id), '{}')
+                 FROM profiles p WHERE p.version > $1 ORDER BY p.version",
+                &[&self.profile_version],
+            )
+            .await?;
+        for row in &rows {
+            let id: Uuid = row.get(0);
+            self.profile_version = self.profile_version.max(row.get(1));
+            let merged_into: Option<Uuid> = row.get(2);
+            if let Some(winner) = merged_into {
+                self.profiles.remove(&id);
+                self.merges.insert(id, winner);
+                continue;
+            }
+            let kinds: Vec<String> = row.get(7);
+            let values: Vec<String> = row.get(8);
+            let first_seen: DateTime<Utc> = row.get(3);
+            let last_seen: DateTime<Utc> = row.get(4);
+            let traits: Value = row.get(6);
+            self.profiles.insert(
+                id,
+                ProfileRow {
+                    first_seen: first_seen.timestamp_micros(),
+                    last_seen: last_seen.timestamp_micros(),
+                    event_count: row.get(5),
+                    traits: match traits {
+                        Value::Object(map) => map,
+                        _ => Map::new(),
+                    },
+                    identities: kinds.into_iter().zip(values).collect(),
+                },
+            );
+        }
+        stats.profiles_changed = rows.len();
+        // Merge targets are always final survivors; re-point older entries at them.
+        let merges = self.merges.clone();
+        for winner in self.merges.values_mut() {
+            while let Some(next) = merges.get(winner) {
+                if next == winner {
+                    break;
+                }
+                *winner = *next;
+            }
+        }
+
+        loop {
+            let rows = client
+                .query(
+                    "SELECT resolved_seq, profile_id, type, event, ts, properties::text
+                     FROM events WHERE resolved_seq > $1 AND profile_id IS NOT NULL
+                     ORDER BY resolved_seq LIMIT $2",
+                    &[&self.event_watermark, &EVENT_CHUNK],
+                )
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let n = rows.len();
+            let mut profile_id = StringBuilder::with_capacity(n, n * 36);
+            let mut kind = StringBuilder::with_capacity(n, n * 6);
+            let mut event = StringBuilder::with_capacity(n, n * 12);
+            let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+            let mut properties = StringBuilder::with_capacity(n, n * 64);
+            for row in &rows {
+                self.event_watermark = self.event_watermark.max(row.get(0));
+                let id: Uuid = row.get(1);
+                profile_id.append_value(id.to_string());
+                kind.append_value(row.get::<_, String>(2));
+                event.append_option(row.get::<_, Option<String>>(3));
+                ts.append_value(row.get::<_, DateTime<Utc>>(4).timestamp_micros());
+                properties.append_option(row.get::<_, Option<String>>(5));
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(profile_id.finish()),
+                Arc::new(kind.finish()),
+                Arc::new(event.finish()),
+                Arc::new(ts.finish()),
+                Arc::new(properties.finish()),
+            ];
+            let batch = RecordBatch::try_new(events_schema(), columns)
+                .expect("columns match the events schema");
+            self.events.push(batch);
+            self.event_rows += n;
+            stats.events_added += n;
+            if (n as i64) < EVENT_CHUNK {
+                break;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Builds the batches the query engine registers.
+    pub fn tables(&self) -> Tables {
+        let mut ids: Vec<&Uuid> = self.profiles.keys().collect();
+        ids.sort_unstable();
+        let n = ids.len();
+
+        // Flatten nested trait objects into dotted names and infer one type per name.
+        let flat: Vec<BTreeMap<String, &Value>> = ids
+            .iter()
+            .map(|id| {
+                let mut out = BTreeMap::new();
+                flatten("", &self.profiles[*id].traits, &mut out);
+                out
+            })
+            .collect();
+        let mut trait_types: BTreeMap<String, DataType> = BTreeMap::new();
+        for traits in &flat {
+            for (name, value) in traits {
+                let seen = match value {
+                    Value::Bool(_) => DataType::Boolean,
+                    Value::Number(_) => DataType::Float64,
+                    Value::String(_) => DataType::Utf8,
+                    _ => DataType::LargeUtf8, // arrays: kept as JSON text
+                };
+                trait_types
+                    .entry(name.clone())
+                    .and_modify(|t| {
+                        if *t != seen {
+                            *t = DataType::LargeUtf8;
+                        }
+                    })
+                    .or_insert(seen);
+            }
+        }
+        for t in trait_types.values_mut() {
+            if *t == DataType::LargeUtf8 {
+                *t = DataType::Utf8; // mixed types: compared as text
+            }
+        }
+
+        let mut id_col = StringBuilder::with_capacity(n, n * 36);
+        let mut first_seen = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut last_seen = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut event_count = Int64Builder::with_capacity(n);
+        let mut raw = StringBuilder::with_capacity(n, n * 64);
+        let (mut i_profile, mut i_kind, mut i_value) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        for id in &ids {
+            let p = &self.profiles[*id];
+            let id = id.to_string();
+            id_col.append_value(&id);
+            first_seen.append_value(p.first_seen);
+            last_seen.append_value(p.last_seen);
+            event_count.append_value(p.event_count);
+            raw.append_value(Value::Object(p.traits.clone()).to_string());
+            for (kind, value) in &p.identities {
+                i_profile.append_value(&id);
+                i_kind.append_value(kind);
+                i_value.append_value(value);
+            }
+        }
+        let mut fields = vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("first_seen", utc_micros(), false),
+            Field::new("last_seen", utc_micros(), false),
+            Field::new("event_count", DataType::Int64, false),
+            Field::new("traits_json", DataType::Utf8, false),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(id_col.finish()),
+            Arc::new(first_seen.finish()),
+            Arc::new(last_seen.finish()),
+            Arc::new(event_count.finish()),
+            Arc::new(raw.finish()),
+        ];
+        if !trait_types.is_empty() {
+            let mut children: Vec<ArrayRef> = Vec::with_capacity(trait_types.len());
+            let mut child_fields = Vec::with_capacity(trait_types.len());
+            for (name, data_type) in &trait_types {
+                child_fields.push(Field::new(name, data_type.clone(), true));
+                children.push(trait_column(&flat, name, data_type));
+            }
+            let struct_fields = Fields::from(child_fields);
+            let array = StructArray::try_new(struct_fields.clone(), children, None)
+                .expect("children match fields");
+            fields.push(Field::new("traits", DataType::Struct(struct_fields), false));
+            columns.push(Arc::new(array));
+        }
+        let profiles = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .expect("columns match fields");
+
+        let identities = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("profile_id", DataType::Utf8, false),
+                Field::new("kind", DataType::Utf8, false),
+                Field::new("value", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(i_profile.finish()),
+                Arc::new(i_kind.finish()),
+                Arc::new(i_value.finish()),
+            ],
+        )
+        .expect("identity columns");
+
+        let (mut loser, mut winner) = (StringBuilder::new(), StringBuilder::new());
+        for (l, w) in &self.merges {
+            loser.append_value(l.to_string());
+            winner.append_value(w.to_string());
+        }
+        let merges = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("loser", DataType::Utf8, false),
+                Field::new("winner", DataType::Utf8, false),
+            ])),
+            vec![Arc::new(loser.finish()), Arc::new(winner.finish())],
+        )
+        .expect("merge columns");
+
+        Tables {
+            profiles,
+            identities,
+            events: self.events.clone(),
+            events_schema: events_schema(),
+            merges,
+            trait_types,
+        }
+    }
+}
+
+fn flatten<'a>(prefix: &str, map: &'a Map<String, Value>, out: &mut BTreeMap<String, &'a Value>) {
+    for (key, value) in map {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Object(inner) => flatten(&name, inner, out),
+            Value::Null => {}
+            other => {
+                out.insert(name, other);
+            }
+        }
+    }
+}
+
+fn trait_column(flat: &[BTreeMap<String, &Value>], name: &str, data_type: &DataType) -> ArrayRef {
+    match data_type {
+        DataType::Boolean => {
+            let mut b = BooleanBuilder::with_capacity(flat.len());
+            for t in flat {
+                b.append_option(t.get(name).and_then(|v| v.as_bool()));
+            }
+            Arc::new(b.finish())
+        }
+        DataType::Float64 => {
+            let mut b = Float64Builder::with_capacity(flat.len());
+            for t in flat {
+                b.append_option(t.get(name).and_then(|v| v.as_f64()));
+            }
+            Arc::new(b.finish())
+        }
+        _ => {
+            let mut b = StringBuilder::with_capacity(flat.len(), flat.len() * 8);
+            for t in flat {
+                match t.get(name) {
+                    None => b.append_null(),
+                    Some(Value::String(s)) => b.append_value(s),
+                    Some(other) => b.append_value(other.to_string()),
+                }
+            }
+            Arc::new(b.finish())
+        }
+    }
+}
