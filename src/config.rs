@@ -13,7 +13,17 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub ingest: IngestSettings,
     pub identity: IdentitySettings,
+    pub query: QuerySettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Seconds between scheduled computed-trait refreshes and segment evaluations; 0 = off.
+    pub schedule_every_secs: u64,
+    /// Computed traits declared in configuration.
+    pub computed_traits: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

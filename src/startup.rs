@@ -114,7 +114,18 @@ impl Application {
             wake: state.resolver_wake.clone(),
             metrics: state.metrics.clone(),
         };
-        let background = vec![tokio::spawn(resolver.run(shutdown_rx))];
+        crate::segments::declare_configured(&state.query, &state.settings.query.computed_traits)
+            .await
+            .context("declaring the computed traits of the configuration")?;
+        let mut background = vec![tokio::spawn(resolver.run(shutdown_rx.clone()))];
+        if state.settings.query.schedule_every_secs > 0 {
+            let every = Duration::from_secs(state.settings.query.schedule_every_secs);
+            background.push(tokio::spawn(crate::segments::run_schedule(
+                state.query.clone(),
+                every,
+                shutdown_rx,
+            )));
+        }
         let listener = TcpListener::bind(&state.settings.server.bind)
             .with_context(|| format!("binding {}", state.settings.server.bind))?;
         let address = listener.local_addr()?;

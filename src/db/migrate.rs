@@ -11,6 +11,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../sql/0001_init.sql")),
     ("0002_identity", include_str!("../../sql/0002_identity.sql")),
     ("0003_segments", include_str!("../../sql/0003_segments.sql")),
+    (
+        "0004_computed_traits",
+        include_str!("../../sql/0004_computed_traits.sql"),
+    ),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.

@@ -2,6 +2,7 @@
 //! middleware (metrics, panics → 500 problem) and shared response shapes.
 
 pub mod admin;
+pub mod computed;
 pub mod openapi;
 pub mod ops;
 pub mod profiles;
@@ -119,6 +120,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(admin::routes)
             .configure(profiles::routes)
             .configure(segments::routes)
+            .configure(computed::routes)
             .configure(ops::routes)
             .default_service(web::to(not_found)),
     );

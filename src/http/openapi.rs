@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ops, profiles, segments, tracking};
+use super::{admin, computed, ops, profiles, segments, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{admin, ops, profiles, segments, tracking};
         profiles::get_profile, profiles::lookup, profiles::timeline, profiles::merges,
         segments::create, segments::list, segments::get, segments::replace, segments::delete,
         segments::preview, segments::evaluate, segments::members, segments::history,
+        computed::create, computed::list, computed::delete, computed::refresh,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&Security)

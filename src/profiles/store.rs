@@ -38,7 +38,8 @@ SELECT p.id, p.traits, p.first_seen, p.last_seen, p.event_count,
        coalesce((SELECT array_agg(m.id ORDER BY m.id) FROM profiles m WHERE m.merged_into = p.id), '{}'),
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'entered_at', to_char(sm.entered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
                                   ORDER BY sm.entered_at, s.id)
-                 FROM segment_members sm JOIN segments s ON s.id = sm.segment_id WHERE sm.profile_id = p.id), '[]'::jsonb)
+                 FROM segment_members sm JOIN segments s ON s.id = sm.segment_id WHERE sm.profile_id = p.id), '[]'::jsonb),
+       coalesce((SELECT c.computed FROM profile_computed c WHERE c.profile_id = p.id), '{}'::jsonb)
 FROM profiles p"#;
 
 /// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
@@ -58,7 +59,7 @@ fn profile(row: &tokio_postgres::Row) -> Profile {
         event_count: row.get(4),
         identities: row.get(5),
         merged_from: row.get(6),
-        computed: Value::Object(Default::default()),
+        computed: row.get(8),
         segments: row.get(7),
     }
 }
@@ -244,4 +245,96 @@ pub async fn lineage(db: &Db, profile_id: Uuid) -> Result<Vec<Merge>, DbError> {
             event_seq: r.get(6),
         })
         .collect())
+}
+
+/// A computed trait as stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StoredComputedTrait {
+    pub name: String,
+    #[schema(value_type = Object)]
+    pub definition: Value,
+    /// `config` (read-only here) or `api`.
+    pub origin: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn computed_traits(db: &Db) -> Result<Vec<StoredComputedTrait>, DbError> {
+    let rows = db
+        .conn()
+        .await?
+        .query(
+            "SELECT name, definition, origin, updated_at FROM computed_traits ORDER BY name",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredComputedTrait {
+            name: r.get(0),
+            definition: r.get(1),
+            origin: r.get(2),
+            updated_at: r.get(3),
+        })
+        .collect())
+}
+
+/// Creates or replaces a computed trait; `false` when a config-declared one of that name exists
+/// and `origin` is `api`.
+pub async fn put_computed_trait(
+    db: &Db,
+    name: &str,
+    definition: &Value,
+    origin: &str,
+) -> Result<bool, DbError> {
+    let n = db
+        .conn()
+        .await?
+        .execute(
+            "INSERT INTO computed_traits (name, definition, origin) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition, updated_at = now()
+             WHERE computed_traits.origin = EXCLUDED.origin OR EXCLUDED.origin = 'config'",
+            &[&name, definition, &origin],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+pub async fn delete_computed_trait(db: &Db, name: &str) -> Result<Option<String>, DbError> {
+    let client = db.conn().await?;
+    let origin: Option<String> = client
+        .query_opt(
+            "SELECT origin FROM computed_traits WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if origin.as_deref() == Some("api") {
+        client
+            .execute("DELETE FROM computed_traits WHERE name = $1", &[&name])
+            .await?;
+    }
+    Ok(origin)
+}
+
+/// Replaces every profile's computed values.
+pub async fn write_computed(
+    db: &Db,
+    ids: &[Uuid],
+    values: &[Value],
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let mut client = db.conn().await?;
+    let tx = client.transaction().await?;
+    tx.execute("DELETE FROM profile_computed", &[]).await?;
+    for (ids, values) in ids.chunks(10_000).zip(values.chunks(10_000)) {
+        tx.execute(
+            "INSERT INTO profile_computed (profile_id, computed, computed_at)
+             SELECT u.id, u.computed, $3 FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, computed)
+             JOIN profiles p ON p.id = u.id AND p.merged_into IS NULL",
+            &[&ids, &values, &at],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

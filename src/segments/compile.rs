@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::functions::core::expr_fn::get_field;
+use datafusion::functions::core::expr_fn::{get_field, named_struct};
 use datafusion::functions::expr_fn::{coalesce, starts_with, strpos};
 use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+use datafusion::functions_nested::expr_fn::array_has;
 use datafusion::logical_expr::{Expr, JoinType};
 use datafusion::prelude::{col, lit, DataFrame};
 use datafusion::scalar::ScalarValue;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 use super::definition::{
     Aggregate, Comparison, Condition, EventCondition, Measure, Op, Operand, PropertyFilter, Window,
 };
+use crate::profiles::computed::ComputedTrait;
 use crate::query::{QueryError, View};
 
 /// Compiles conditions against one view of the snapshot.
@@ -31,6 +33,8 @@ pub struct Compiler<'a> {
     now: DateTime<Utc>,
     /// Definitions of segments that conditions may reference.
     segments: &'a HashMap<Uuid, Condition>,
+    /// Computed traits conditions may use.
+    computed: &'a HashMap<String, ComputedTrait>,
 }
 
 fn plan(msg: impl Into<String>) -> QueryError {
@@ -42,6 +46,7 @@ impl<'a> Compiler<'a> {
         view: &'a View,
         now: DateTime<Utc>,
         segments: &'a HashMap<Uuid, Condition>,
+        computed: &'a HashMap<String, ComputedTrait>,
     ) -> Result<Compiler<'a>, QueryError> {
         Ok(Compiler {
             profiles: view.ctx.table("profiles").await?,
@@ -50,6 +55,7 @@ impl<'a> Compiler<'a> {
             view,
             now,
             segments,
+            computed,
         })
     }
 
@@ -105,8 +111,39 @@ impl<'a> Compiler<'a> {
                     .filter(filter)?
                     .select(vec![col("id").alias("profile_id")])?
             }
-            Condition::Computed { name, .. } => {
-                return Err(plan(format!("unknown computed trait `{name}`")));
+            Condition::Computed { name, cmp } => {
+                let computed = self
+                    .computed
+                    .get(name)
+                    .ok_or_else(|| plan(format!("unknown computed trait `{name}`")))?;
+                let values = computed.aggregate(self.events.clone(), self.now)?;
+                let data_type = computed.kind.data_type();
+                let what = format!("computed trait `{name}`");
+                match (&data_type, cmp.op) {
+                    (_, Op::NotExists) => self
+                        .everyone()?
+                        .except_distinct(values.select(vec![col("profile_id")])?)?,
+                    (_, Op::Exists) => values.select(vec![col("profile_id")])?,
+                    (DataType::List(_), Op::Contains) => {
+                        let Operand::Scalar(v) = &cmp.operand else {
+                            return Err(plan("`contains` needs a value"));
+                        };
+                        let has = array_has(col("value"), literal(v, &DataType::Utf8));
+                        values.filter(has)?.select(vec![col("profile_id")])?
+                    }
+                    (DataType::List(_), op) => {
+                        return Err(plan(format!(
+                            "{what} is a list; use contains, exists or not_exists, not `{}`",
+                            op.name()
+                        )));
+                    }
+                    _ => {
+                        check_type(&what, &data_type, cmp)?;
+                        values
+                            .filter(compare(col("value"), cmp, &data_type))?
+                            .select(vec![col("profile_id")])?
+                    }
+                }
             }
             Condition::Identity { kind, cmp } => {
                 let of_kind = self
@@ -135,19 +172,56 @@ impl<'a> Compiler<'a> {
                 self.compile(inner, depth + 1)?
             }
             Condition::Sql(sql) => {
+                let profiles = self.profile_view()?;
                 let expr = self
                     .view
                     .ctx
-                    .parse_sql_expr(sql, self.profiles.schema())
+                    .parse_sql_expr(sql, profiles.schema())
                     .map_err(|e| plan(format!("the SQL condition cannot be planned: {e}")))?;
-                let filtered = self
-                    .profiles
-                    .clone()
+                let filtered = profiles
                     .filter(expr)
                     .map_err(|e| plan(format!("the SQL condition cannot be planned: {e}")))?;
                 filtered.select(vec![col("id").alias("profile_id")])?
             }
         })
+    }
+
+    /// The profile view SQL conditions see: `profiles` plus a `computed` struct of every
+    /// computed trait.
+    fn profile_view(&self) -> Result<DataFrame, QueryError> {
+        let mut view = self.profiles.clone();
+        if self.computed.is_empty() {
+            return Ok(view);
+        }
+        let mut names: Vec<&String> = self.computed.keys().collect();
+        names.sort();
+        let mut fields = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let values = self.computed[*name]
+                .aggregate(self.events.clone(), self.now)?
+                .select(vec![
+                    col("profile_id").alias(format!("pid_{i}")),
+                    col("value").alias(format!("value_{i}")),
+                ])?;
+            view = view.join(
+                values,
+                JoinType::Left,
+                &["id"],
+                &[&format!("pid_{i}")],
+                None,
+            )?;
+            fields.push(lit(name.as_str()));
+            fields.push(col(format!("value_{i}")));
+        }
+        let mut columns: Vec<Expr> = self
+            .profiles
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| col(f.name()))
+            .collect();
+        columns.push(named_struct(fields).alias("computed"));
+        Ok(view.select(columns)?)
     }
 
     fn event(&self, e: &EventCondition) -> Result<DataFrame, QueryError> {
@@ -204,6 +278,17 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// `filter` restricted to events inside `window` (the start included, a `to` excluded).
+pub fn window_filter(filter: Expr, window: Option<&Window>, now: DateTime<Utc>) -> Expr {
+    match window {
+        None => filter,
+        Some(Window::Last(duration)) => filter.and(col("ts").gt_eq(timestamp(now - *duration))),
+        Some(Window::Between(from, to)) => filter
+            .and(col("ts").gt_eq(timestamp(*from)))
+            .and(col("ts").lt(timestamp(*to))),
+    }
+}
+
 fn timestamp(t: DateTime<Utc>) -> Expr {
     lit(ScalarValue::TimestampMicrosecond(
         Some(t.timestamp_micros()),
@@ -238,7 +323,8 @@ fn admits_zero(cmp: &Comparison) -> bool {
     }
 }
 
-fn property_filter(f: &PropertyFilter) -> Result<Expr, QueryError> {
+/// The boolean expression of a `where` filter over `properties`.
+pub fn property_filter(f: &PropertyFilter) -> Result<Expr, QueryError> {
     Ok(match f {
         PropertyFilter::All(items) => {
             let mut exprs = items

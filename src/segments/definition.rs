@@ -447,6 +447,16 @@ fn check_numeric(cmp: &Comparison, at: &str) -> Result<(), DefinitionError> {
     }
 }
 
+/// Parses a `where` filter found at `at` (also used by computed traits).
+pub fn parse_filter_at(value: &Value, at: &str) -> Result<PropertyFilter, DefinitionError> {
+    parse_filter(value, at, 0)
+}
+
+/// Parses a `within` window found at `at`.
+pub fn parse_window_at(value: &Value, at: &str) -> Result<Window, DefinitionError> {
+    parse_window(value, at)
+}
+
 fn parse_filter(value: &Value, at: &str, depth: usize) -> Result<PropertyFilter, DefinitionError> {
     if depth > MAX_DEPTH {
         return err(

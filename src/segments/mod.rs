@@ -14,6 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::db::DbError;
+use crate::profiles::computed::ComputedTrait;
 use crate::query::{QueryEngine, QueryError};
 use compile::Compiler;
 use definition::{Condition, DefinitionError};
@@ -58,15 +59,30 @@ impl From<SegmentError> for crate::error::ApiError {
     }
 }
 
+/// Everything a condition may refer to: other segments and computed traits.
+#[derive(Default)]
+pub struct Definitions {
+    pub segments: HashMap<Uuid, Condition>,
+    pub computed: HashMap<String, ComputedTrait>,
+}
+
 /// All stored definitions, parsed (a stored definition that no longer parses is skipped).
-async fn stored_definitions(
-    engine: &QueryEngine,
-) -> Result<HashMap<Uuid, Condition>, SegmentError> {
+pub async fn definitions(engine: &QueryEngine) -> Result<Definitions, SegmentError> {
     let rows = store::definitions(engine.db()).await?;
-    Ok(rows
+    let segments = rows
         .into_iter()
         .filter_map(|(id, def)| Condition::parse(&def).ok().map(|c| (id, c)))
-        .collect())
+        .collect();
+    let computed = crate::profiles::store::computed_traits(engine.db())
+        .await?
+        .into_iter()
+        .filter_map(|t| {
+            ComputedTrait::parse(&t.definition)
+                .ok()
+                .map(|c| (t.name, c))
+        })
+        .collect();
+    Ok(Definitions { segments, computed })
 }
 
 /// Parses a definition and checks it against the other segments (references exist, no cycle) and
@@ -75,19 +91,19 @@ pub async fn validate(
     engine: &QueryEngine,
     definition: &Value,
     own_id: Option<Uuid>,
-) -> Result<(Condition, HashMap<Uuid, Condition>), SegmentError> {
+) -> Result<(Condition, Definitions), SegmentError> {
     let condition = Condition::parse(definition)?;
-    let mut others = stored_definitions(engine).await?;
+    let mut all = definitions(engine).await?;
     if let Some(id) = own_id {
-        others.insert(id, condition.clone());
+        all.segments.insert(id, condition.clone());
     }
-    check_references(&condition, own_id, &others)?;
+    check_references(&condition, own_id, &all.segments)?;
     engine.refresh().await?;
     let view = engine.view();
-    Compiler::new(&view, Utc::now(), &others)
+    Compiler::new(&view, Utc::now(), &all.segments, &all.computed)
         .await?
         .members(&condition)?;
-    Ok((condition, others))
+    Ok((condition, all))
 }
 
 fn check_references(
@@ -128,11 +144,11 @@ fn check_references(
 pub async fn matching(
     engine: &QueryEngine,
     condition: &Condition,
-    segments: &HashMap<Uuid, Condition>,
+    all: &Definitions,
 ) -> Result<Vec<Uuid>, SegmentError> {
     engine.refresh().await?;
     let view = engine.view();
-    let batches = Compiler::new(&view, Utc::now(), segments)
+    let batches = Compiler::new(&view, Utc::now(), &all.segments, &all.computed)
         .await?
         .members(condition)?
         .collect()
@@ -161,10 +177,131 @@ pub async fn evaluate(engine: &QueryEngine, id: Uuid) -> Result<store::Evaluatio
         .await?
         .ok_or(SegmentError::NotFound(id))?;
     let condition = Condition::parse(&segment.definition)?;
-    let segments = stored_definitions(engine).await?;
-    let members = matching(engine, &condition, &segments).await?;
+    let all = definitions(engine).await?;
+    let members = matching(engine, &condition, &all).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     // PostgreSQL keeps microseconds: answer with the time as stored.
     let now = Utc::now().trunc_subsecs(6);
     Ok(store::write_membership(engine.db(), id, &members, now, elapsed_ms).await?)
+}
+
+/// Recomputes every computed trait over a fresh snapshot and stores the values the profile API
+/// shows. Returns how many profiles have at least one value.
+pub async fn refresh_computed(engine: &QueryEngine) -> Result<usize, SegmentError> {
+    use datafusion::arrow::array::{AsArray, ListArray};
+    use datafusion::arrow::datatypes::{DataType, Float64Type};
+
+    let all = definitions(engine).await?;
+    engine.refresh().await?;
+    let view = engine.view();
+    let now = Utc::now();
+    let events = view.ctx.table("events").await.map_err(QueryError::from)?;
+    let mut values: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+    for (name, computed) in &all.computed {
+        let batches = computed
+            .aggregate(events.clone(), now)?
+            .collect()
+            .await
+            .map_err(QueryError::from)?;
+        for batch in batches {
+            let ids = batch.column(0).as_string::<i32>();
+            let column = batch.column(1);
+            for row in 0..batch.num_rows() {
+                if column.is_null(row) {
+                    continue;
+                }
+                let value = match column.data_type() {
+                    DataType::Float64 => serde_json::Number::from_f64(
+                        column.as_primitive::<Float64Type>().value(row),
+                    )
+                    .map(Value::Number),
+                    DataType::Utf8 => Some(Value::String(
+                        column.as_string::<i32>().value(row).to_string(),
+                    )),
+                    DataType::List(_) => {
+                        let list: &ListArray = column.as_list::<i32>();
+                        let items = list.value(row);
+                        let strings = items.as_string::<i32>();
+                        Some(Value::Array(
+                            (0..strings.len())
+                                .filter(|i| !strings.is_null(*i))
+                                .map(|i| Value::String(strings.value(i).to_string()))
+                                .collect(),
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(value) = value {
+                    values
+                        .entry(ids.value(row).to_string())
+                        .or_default()
+                        .insert(name.clone(), value);
+                }
+            }
+        }
+    }
+    let (mut ids, mut objects) = (
+        Vec::with_capacity(values.len()),
+        Vec::with_capacity(values.len()),
+    );
+    for (id, object) in values {
+        if let Ok(id) = Uuid::parse_str(&id) {
+            ids.push(id);
+            objects.push(Value::Object(object));
+        }
+    }
+    crate::profiles::store::write_computed(engine.db(), &ids, &objects, now).await?;
+    Ok(ids.len())
+}
+
+/// Declares the computed traits of the configuration (they replace earlier config versions).
+pub async fn declare_configured(
+    engine: &QueryEngine,
+    declared: &[Value],
+) -> Result<(), SegmentError> {
+    for definition in declared {
+        let computed = ComputedTrait::parse(definition)?;
+        crate::profiles::store::put_computed_trait(
+            engine.db(),
+            &computed.name,
+            definition,
+            "config",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The schedule: every `every`, refresh computed values and evaluate every segment.
+pub async fn run_schedule(
+    engine: std::sync::Arc<QueryEngine>,
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(err) = refresh_computed(&engine).await {
+            tracing::warn!(error = %err, "scheduled computed-trait refresh failed");
+        }
+        let ids = match store::definitions(engine.db()).await {
+            Ok(rows) => rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::warn!(error = %err, "listing segments for the schedule failed");
+                continue;
+            }
+        };
+        for id in ids {
+            match evaluate(&engine, id).await {
+                Ok(run) => {
+                    tracing::info!(segment = %id, members = run.count, entered = run.entered, exited = run.exited, "segment evaluated")
+                }
+                Err(err) => {
+                    tracing::warn!(segment = %id, error = %err, "scheduled segment evaluation failed")
+                }
+            }
+        }
+    }
 }

@@ -445,3 +445,103 @@ async fn membership_survives_a_merge() {
         "{again}"
     );
 }
+
+#[tokio::test]
+async fn computed_traits_of_each_kind_show_on_profiles_and_work_in_segments() {
+    let (app, _) = shop().await;
+    let definitions = [
+        json!({"name": "orders", "kind": "count", "event": "Order Completed"}),
+        json!({"name": "orders_4d", "kind": "count", "event": "Order Completed", "within": "4d"}),
+        json!({"name": "clv", "kind": "sum", "event": "Order Completed", "property": "revenue"}),
+        json!({"name": "aov", "kind": "avg", "event": "Order Completed", "property": "revenue"}),
+        json!({"name": "smallest", "kind": "min", "event": "Order Completed", "property": "revenue"}),
+        json!({"name": "largest", "kind": "max", "event": "Order Completed", "property": "revenue"}),
+        json!({"name": "first_revenue", "kind": "first", "event": "Order Completed", "property": "revenue"}),
+        json!({"name": "last_revenue", "kind": "last", "event": "Order Completed", "property": "revenue"}),
+        json!({"name": "usual_currency", "kind": "most_frequent", "event": "Order Completed", "property": "currency"}),
+        json!({"name": "currencies", "kind": "unique_list", "event": "Order Completed", "property": "currency"}),
+        json!({"name": "eur_orders", "kind": "count", "event": "Order Completed", "where": {"property": "currency", "op": "eq", "value": "EUR"}}),
+    ];
+    for definition in &definitions {
+        let response = app
+            .admin(Method::POST, "/v1/computed-traits")
+            .json(definition)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{definition}");
+    }
+    let bad = app
+        .admin(Method::POST, "/v1/computed-traits")
+        .json(&json!({"name": "x", "kind": "median", "property": "p"}))
+        .send()
+        .await
+        .unwrap();
+    problem(bad, 400).await;
+    let refreshed: Value = app
+        .admin(Method::POST, "/v1/computed-traits/refresh")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refreshed["profiles"], 2, "only ada and bob bought");
+
+    let ada = app.lookup("user_id", "ada").await;
+    assert_eq!(
+        ada["computed"],
+        json!({"orders": 3.0, "orders_4d": 1.0, "clv": 60.0, "aov": 20.0, "smallest": 10.0, "largest": 30.0,
+               "first_revenue": "30", "last_revenue": "10", "usual_currency": "EUR", "currencies": ["EUR"], "eur_orders": 3.0})
+    );
+    let cy = app.lookup("user_id", "cy").await;
+    assert_eq!(cy["computed"], json!({}));
+
+    assert_eq!(
+        who(&app, json!({"computed": "clv", "op": "gte", "value": 80})).await,
+        vec!["bob"]
+    );
+    assert_eq!(
+        who(
+            &app,
+            json!({"computed": "currencies", "op": "contains", "value": "EUR"})
+        )
+        .await,
+        vec!["ada"]
+    );
+    assert_eq!(
+        who(&app, json!({"computed": "orders", "op": "not_exists"})).await,
+        vec!["cy"]
+    );
+    assert_eq!(
+        who(
+            &app,
+            json!({"sql": "computed.clv > 50 AND traits.age < 30"})
+        )
+        .await,
+        vec!["bob"]
+    );
+    let mismatch = app
+        .admin(Method::POST, "/v1/segments/preview")
+        .json(&json!({"definition": {"computed": "usual_currency", "op": "gt", "value": 3}}))
+        .send()
+        .await
+        .unwrap();
+    problem(mismatch, 400).await;
+    assert_eq!(
+        app.admin(Method::DELETE, "/v1/computed-traits/aov")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    problem(
+        app.admin(Method::DELETE, "/v1/computed-traits/aov")
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+}
