@@ -3,6 +3,7 @@
 
 pub mod ingest;
 pub mod lookup;
+pub mod segments;
 
 use chrono::Utc;
 use clap::Subcommand;
@@ -15,12 +16,15 @@ pub enum BenchCommand {
     Ingest(ingest::IngestBench),
     /// Profile lookups by identifier at 1,000,000 profiles.
     Lookup(lookup::LookupBench),
+    /// Segment evaluation at 1,000,000 profiles and 10,000,000 events, beside DuckDB.
+    Segments(segments::SegmentsBench),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest::run(args, settings).await,
         BenchCommand::Lookup(args) => lookup::run(args, settings).await,
+        BenchCommand::Segments(args) => segments::run(args, settings).await,
     }
 }
 
