@@ -29,6 +29,8 @@ pub struct QuerySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentitySettings {
+    /// Whether this instance runs the identity resolver.
+    pub enabled: bool,
     /// Identifier kinds, highest priority first; `external` stands for unlisted external id types.
     pub priority: Vec<String>,
     /// Extra values that never identify anyone.

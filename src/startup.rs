@@ -117,7 +117,10 @@ impl Application {
         crate::segments::declare_configured(&state.query, &state.settings.query.computed_traits)
             .await
             .context("declaring the computed traits of the configuration")?;
-        let mut background = vec![tokio::spawn(resolver.run(shutdown_rx.clone()))];
+        let mut background = Vec::new();
+        if state.settings.identity.enabled {
+            background.push(tokio::spawn(resolver.run(shutdown_rx.clone())));
+        }
         if state.settings.query.schedule_every_secs > 0 {
             let every = Duration::from_secs(state.settings.query.schedule_every_secs);
             background.push(tokio::spawn(crate::segments::run_schedule(

@@ -49,7 +49,10 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     let server = tokio::spawn(app.run_until_stopped());
     let db = state.db.clone();
 
-    eprintln!("seeding {} profiles and {} events…", args.profiles, args.events);
+    eprintln!(
+        "seeding {} profiles and {} events…",
+        args.profiles, args.events
+    );
     let started = Instant::now();
     let client = db.conn().await?;
     client
@@ -91,7 +94,12 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
         from = to;
         eprintln!("  {from} events");
     }
-    client.execute("SELECT setval('event_resolutions', $1::int8)", &[&args.events]).await?;
+    client
+        .execute(
+            "SELECT setval('event_resolutions', $1::int8)",
+            &[&args.events],
+        )
+        .await?;
     client.batch_execute("ANALYZE").await?;
     drop(client);
     let seed_secs = started.elapsed().as_secs_f64();
@@ -119,7 +127,8 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
         }
     };
     let trait_def = json!({"trait": "plan", "op": "eq", "value": "pro"});
-    let count_def = json!({"event": "Order Completed", "within": "90d", "count": {"op": "gte", "value": 3}});
+    let count_def =
+        json!({"event": "Order Completed", "within": "90d", "count": {"op": "gte", "value": 3}});
     let sum_def = json!({"event": "Order Completed", "within": "90d", "sum": {"property": "revenue", "op": "gte", "value": 500}});
     let (trait_ms, trait_n) = time(trait_def).await?;
     let (count_ms, count_n) = time(count_def).await?;
@@ -157,13 +166,19 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     let refreshed = engine.refresh().await?;
     let refresh_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    println!("kizuna bench segments: {} profiles, {} events (seeded in {seed_secs:.0} s)", args.profiles, args.events);
+    println!(
+        "kizuna bench segments: {} profiles, {} events (seeded in {seed_secs:.0} s)",
+        args.profiles, args.events
+    );
     println!("  snapshot load        {load_secs:>8.1} s, resident memory +{:.0} MB (process {rss_after:.0} MB)", rss_after - rss_before);
     println!("  trait segment        {trait_ms:>8.0} ms  ({trait_n} members; target < 100 ms)");
     println!("  count in 90 days     {count_ms:>8.0} ms  ({count_n} members; target < 1000 ms)");
     println!("  sum in 90 days       {sum_ms:>8.0} ms  ({sum_n} members; target < 1000 ms)");
     println!("  20 mixed segments    {mixed_secs:>8.1} s   (target < 10 s)");
-    println!("  refresh after {} new events {refresh_ms:.0} ms (target < 500 ms)", refreshed.events_added);
+    println!(
+        "  refresh after {} new events {refresh_ms:.0} ms (target < 500 ms)",
+        refreshed.events_added
+    );
 
     if !args.no_duckdb {
         // Same data on both sides: time Kizuna again now that the late events are in.
@@ -180,14 +195,21 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
 
 /// The count-in-90-days segment as DuckDB SQL over the snapshot's events written to Parquet
 /// (typed columns: profile_id, event, ts, revenue, currency).
-async fn duckdb_side_by_side(engine: &crate::query::QueryEngine, kizuna_ms: f64) -> anyhow::Result<()> {
+async fn duckdb_side_by_side(
+    engine: &crate::query::QueryEngine,
+    kizuna_ms: f64,
+) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kizuna-bench-{}", Utc::now().timestamp()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("events.parquet");
     let view = engine.view();
     let events = view.ctx.sql("SELECT profile_id, event, ts, json_number(properties, 'revenue') AS revenue, json_text(properties, 'currency') AS currency FROM events").await?;
     events
-        .write_parquet(path.to_str().unwrap_or_default(), datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true), None)
+        .write_parquet(
+            path.to_str().unwrap_or_default(),
+            datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true),
+            None,
+        )
         .await?;
     let script = format!(
         r#"
@@ -202,17 +224,32 @@ print(f"{{best:.1f}} {{n}}")
 "#,
         path = path.display()
     );
-    let output = tokio::process::Command::new("python3").arg("-c").arg(&script).output().await?;
+    let output = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await?;
     if !output.status.success() {
-        println!("  DuckDB: not run ({}); pip install duckdb", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or(""));
+        println!(
+            "  DuckDB: not run ({}); pip install duckdb",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
         return Ok(());
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let mut parts = text.split_whitespace();
     let duck_ms: f64 = parts.next().unwrap_or("0").parse().unwrap_or(0.0);
     let duck_n = parts.next().unwrap_or("?");
-    println!("  DuckDB same segment  {duck_ms:>8.0} ms  ({duck_n} members, in memory from Parquet)");
-    println!("  ratio Kizuna/DuckDB = {:.2} (target <= 1.5)", kizuna_ms / duck_ms.max(0.001));
+    println!(
+        "  DuckDB same segment  {duck_ms:>8.0} ms  ({duck_n} members, in memory from Parquet)"
+    );
+    println!(
+        "  ratio Kizuna/DuckDB = {:.2} (target <= 1.5)",
+        kizuna_ms / duck_ms.max(0.001)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -262,6 +262,10 @@ pub async fn resolve_batch(
     limit: i64,
 ) -> Result<BatchOutcome, DbError> {
     let tx = client.transaction().await?;
+    // Events are durable before this runs; a resolution lost in a crash is simply redone, so the
+    // commit need not wait for its WAL flush.
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
     let events = store::pending_events(&tx, limit).await?;
     if events.is_empty() {
         return Ok(BatchOutcome::default());
