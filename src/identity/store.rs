@@ -151,7 +151,7 @@ pub async fn update_profiles(
                 traits = u.traits, trait_meta = u.trait_meta, version = nextval('profile_versions'), updated_at = now()
          FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])
               AS u(id, first_seen, last_seen, event_count, traits, trait_meta)
-         WHERE p.id = u.id",
+         WHERE p.id = u.id AND p.id = ANY($1)",
         &[&rows.id, &rows.first_seen, &rows.last_seen, &rows.event_count, &rows.traits, &rows.trait_meta],
     )
     .await
@@ -182,13 +182,13 @@ pub async fn apply_merges(
 ) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "UPDATE identities i SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
-         WHERE i.profile_id = m.loser",
+         WHERE i.profile_id = m.loser AND i.profile_id = ANY($1)",
         &[&losers, &winners],
     )
     .await?;
     tx.execute(
         "UPDATE events e SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
-         WHERE e.profile_id = m.loser",
+         WHERE e.profile_id = m.loser AND e.profile_id = ANY($1)",
         &[&losers, &winners],
     )
     .await?;
@@ -197,20 +197,21 @@ pub async fn apply_merges(
         "INSERT INTO segment_members (segment_id, profile_id, entered_at)
          SELECT s.segment_id, m.winner, min(s.entered_at)
          FROM segment_members s JOIN unnest($1::uuid[], $2::uuid[]) AS m(loser, winner) ON s.profile_id = m.loser
+         WHERE s.profile_id = ANY($1)
          GROUP BY 1, 2
          ON CONFLICT (segment_id, profile_id) DO UPDATE SET entered_at = LEAST(segment_members.entered_at, EXCLUDED.entered_at)",
         &[&losers, &winners],
     )
     .await?;
     tx.execute(
-        "DELETE FROM segment_members s USING unnest($1::uuid[]) AS l(loser) WHERE s.profile_id = l.loser",
+        "DELETE FROM segment_members WHERE profile_id = ANY($1)",
         &[&losers],
     )
     .await?;
     tx.execute(
         "UPDATE profiles p SET merged_into = m.winner, version = nextval('profile_versions'), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
-         WHERE p.id = m.loser OR p.merged_into = m.loser",
+         WHERE (p.id = m.loser AND p.id = ANY($1)) OR (p.merged_into = m.loser AND p.merged_into = ANY($1))",
         &[&losers, &winners],
     )
     .await?;
@@ -240,7 +241,7 @@ pub async fn mark_resolved(
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
         "UPDATE events e SET resolved = true, profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
-         FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq",
+         FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq AND e.seq = ANY($1)",
         &[&seqs, &profile_ids],
     )
     .await
