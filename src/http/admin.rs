@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{page_by_id, resource, Page, PageQuery};
+use super::{page_by_id, resource, valid_name, Page, PageQuery};
 use crate::auth::{self, store as keys, Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::sources::{store as sources, SourceKind};
@@ -69,21 +69,6 @@ pub struct CreatedApiKey {
     #[serde(flatten)]
     pub key: keys::ApiKey,
     pub token: String,
-}
-
-fn valid_name(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::BadRequest(
-            "`name` must be 1 to 200 characters".into(),
-        ));
-    }
-    if name.contains('\0') {
-        return Err(ApiError::BadRequest(
-            "`name` must not contain NUL characters".into(),
-        ));
-    }
-    Ok(name)
 }
 
 fn source_not_found(id: Uuid) -> ApiError {

@@ -63,6 +63,17 @@ impl PageQuery {
     }
 }
 
+/// A display name as the admin and segment APIs accept it: trimmed, 1 to 200 characters.
+pub fn valid_name(name: &str) -> Result<&str, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.contains('\0') {
+        return Err(ApiError::BadRequest(
+            "`name` must be 1 to 200 characters, without NUL".into(),
+        ));
+    }
+    Ok(name)
+}
+
 /// Builds a page from one more row than asked for: the extra row only says there is a next page.
 pub fn page_by_id<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Page<T> {
     let next_cursor = if items.len() as i64 > limit {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{page_by_id, resource, Page, PageQuery};
+use super::{page_by_id, resource, valid_name, Page, PageQuery};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::profiles::store::{self as profiles, Profile};
@@ -55,16 +55,6 @@ pub struct PreviewResult {
     pub count: usize,
     pub sample: Vec<Profile>,
     pub elapsed_ms: f64,
-}
-
-fn valid_name(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.contains('\0') {
-        return Err(ApiError::BadRequest(
-            "`name` must be 1 to 200 characters".into(),
-        ));
-    }
-    Ok(name)
 }
 
 /// Creates a segment; an invalid definition is a 400 naming the problem.
