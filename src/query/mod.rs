@@ -47,8 +47,8 @@ pub struct QueryEngine {
 
 impl QueryEngine {
     pub async fn new(db: Db) -> Result<Self, QueryError> {
-        let empty = Snapshot::default();
-        let view = build_view(&empty).await?;
+        let mut empty = Snapshot::default();
+        let view = build_view(&mut empty).await?;
         Ok(QueryEngine {
             db,
             snapshot: Mutex::new(empty),
@@ -73,14 +73,14 @@ impl QueryEngine {
         let mut snapshot = self.snapshot.lock().await;
         let stats = snapshot.refresh(&self.db).await?;
         if stats.profiles_changed > 0 || stats.events_added > 0 {
-            let view = build_view(&snapshot).await?;
+            let view = build_view(&mut snapshot).await?;
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
         }
         Ok(stats)
     }
 }
 
-async fn build_view(snapshot: &Snapshot) -> Result<View, QueryError> {
+async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
     let tables = snapshot.tables();
     let ctx = SessionContext::new();
     ctx.register_udf(json::json_text());

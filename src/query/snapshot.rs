@@ -38,6 +38,16 @@ pub struct Snapshot {
     events: Vec<RecordBatch>,
     event_watermark: i64,
     pub event_rows: usize,
+    /// The profile-side batches, rebuilt only after profiles change (new events alone reuse them).
+    built: Option<ProfileTables>,
+}
+
+#[derive(Clone)]
+struct ProfileTables {
+    profiles: RecordBatch,
+    identities: RecordBatch,
+    merges: RecordBatch,
+    trait_types: BTreeMap<String, DataType>,
 }
 
 /// What a refresh read.
@@ -115,6 +125,9 @@ impl Snapshot {
             );
         }
         stats.profiles_changed = rows.len();
+        if !rows.is_empty() {
+            self.built = None;
+        }
         // Merge targets are always final survivors; re-point older entries at them.
         let merges = self.merges.clone();
         for winner in self.merges.values_mut() {
@@ -173,7 +186,26 @@ impl Snapshot {
     }
 
     /// Builds the batches the query engine registers.
-    pub fn tables(&self) -> Tables {
+    pub fn tables(&mut self) -> Tables {
+        let built = match &self.built {
+            Some(built) => built.clone(),
+            None => {
+                let built = self.build_profile_tables();
+                self.built = Some(built.clone());
+                built
+            }
+        };
+        Tables {
+            profiles: built.profiles,
+            identities: built.identities,
+            events: self.events.clone(),
+            events_schema: events_schema(),
+            merges: built.merges,
+            trait_types: built.trait_types,
+        }
+    }
+
+    fn build_profile_tables(&self) -> ProfileTables {
         let mut ids: Vec<&Uuid> = self.profiles.keys().collect();
         ids.sort_unstable();
         let n = ids.len();
@@ -294,11 +326,9 @@ impl Snapshot {
         )
         .expect("merge columns");
 
-        Tables {
+        ProfileTables {
             profiles,
             identities,
-            events: self.events.clone(),
-            events_schema: events_schema(),
             merges,
             trait_types,
         }
