@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{page_by_id, resource, valid_name, Page, PageQuery};
+use super::{page_of, resource, valid_name, Page, PageQuery};
 use crate::auth::{self, store as keys, Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::sources::{store as sources, SourceKind};
@@ -117,7 +117,7 @@ pub async fn list_sources(
         .db
         .timed(sources::list(&state.db, query.uuid_cursor()?, limit + 1))
         .await?;
-    Ok(HttpResponse::Ok().json(page_by_id(items, limit, |s| s.id)))
+    Ok(HttpResponse::Ok().json(page_of(items, limit, |s| s.id.to_string())))
 }
 
 /// One source.
@@ -240,7 +240,7 @@ pub async fn list_api_keys(
         .db
         .timed(keys::list(&state.db, query.uuid_cursor()?, limit + 1))
         .await?;
-    Ok(HttpResponse::Ok().json(page_by_id(items, limit, |k| k.id)))
+    Ok(HttpResponse::Ok().json(page_of(items, limit, |k| k.id.to_string())))
 }
 
 /// Revokes an API key at once.

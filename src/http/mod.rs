@@ -74,11 +74,12 @@ pub fn valid_name(name: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
-/// Builds a page from one more row than asked for: the extra row only says there is a next page.
-pub fn page_by_id<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Page<T> {
+/// Builds a page from one more row than asked for: the extra row only says there is a next
+/// page, whose cursor `cursor` makes from the last row kept.
+pub fn page_of<T>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items.last().map(|last| id(last).to_string())
+        items.last().map(cursor)
     } else {
         None
     };

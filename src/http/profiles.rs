@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{resource, Page};
+use super::{page_of, resource, Page};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::identity::{ANONYMOUS_ID, EMAIL, PHONE, USER_ID};
@@ -24,6 +24,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no profile with id {id}"))
+}
+
+/// The live profile `id` stands for (itself or its survivor), or 404.
+async fn live_profile(state: &AppState, id: Uuid) -> Result<Uuid, ApiError> {
+    state
+        .db
+        .timed(store::live_id(&state.db, id))
+        .await?
+        .ok_or_else(|| not_found(id))
 }
 
 /// The unified profile; a merged-away id answers with the surviving profile.
@@ -157,11 +166,7 @@ pub async fn timeline(
         }
     }
     let id = id.into_inner();
-    let live = state
-        .db
-        .timed(store::live_id(&state.db, id))
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let live = live_profile(&state, id).await?;
     let query = TimelineQuery {
         before,
         source_id,
@@ -169,17 +174,11 @@ pub async fn timeline(
         kind: params.kind.clone(),
         limit: limit + 1,
     };
-    let mut items = state
+    let items = state
         .db
         .timed(store::timeline(&state.db, live, &query))
         .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(encode_cursor)
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+    Ok(HttpResponse::Ok().json(page_of(items, limit, encode_cursor)))
 }
 
 /// Merge lineage: which profiles were merged into this one, when, by which identifier, from
@@ -194,11 +193,7 @@ pub async fn merges(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::ProfilesRead)?;
     let id = id.into_inner();
-    let live = state
-        .db
-        .timed(store::live_id(&state.db, id))
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let live = live_profile(&state, id).await?;
     let items = state.db.timed(store::lineage(&state.db, live)).await?;
     Ok(HttpResponse::Ok().json(Page {
         items,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{page_by_id, resource, valid_name, Page, PageQuery};
+use super::{page_of, resource, valid_name, Page, PageQuery};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::profiles::store::{self as profiles, Profile};
@@ -96,7 +96,7 @@ pub async fn list(
         .db
         .timed(store::list(&state.db, query.uuid_cursor()?, limit + 1))
         .await?;
-    Ok(HttpResponse::Ok().json(page_by_id(items, limit, |s| s.id)))
+    Ok(HttpResponse::Ok().json(page_of(items, limit, |s| s.id.to_string())))
 }
 
 async fn found(state: &AppState, id: Uuid) -> Result<Segment, ApiError> {
@@ -246,7 +246,7 @@ pub async fn members(
             limit + 1,
         ))
         .await?;
-    Ok(HttpResponse::Ok().json(page_by_id(items, limit, |m| m.profile_id)))
+    Ok(HttpResponse::Ok().json(page_of(items, limit, |m| m.profile_id.to_string())))
 }
 
 /// Size over time, and entered / exited counts per evaluation, oldest first.
