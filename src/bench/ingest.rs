@@ -159,7 +159,8 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         "stored {stored} of {} messages",
         args.messages
     );
-    while freshness.is_some() && count("SELECT count(*) FROM events WHERE NOT resolved").await? > 0
+    while freshness.is_some()
+        && count("SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL").await? > 0
     {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -80,14 +80,21 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
         let to = (from + chunk).min(args.events);
         client
             .execute(
-                "INSERT INTO events (source_id, message_id, type, event, profile_id, resolved, resolved_seq, ts, received_at, properties)
-                 SELECT '00000000-0000-7000-8000-000000000001', 'seed-' || g, 'track',
+                "INSERT INTO events (seq, source_id, message_id, type, event, ts, received_at, properties)
+                 SELECT g, '00000000-0000-7000-8000-000000000001', 'seed-' || g, 'track',
                         (ARRAY['Order Completed','Product Viewed','Product Viewed','Page Viewed','Cart Viewed'])[1 + (g * 7) % 5],
-                        ('00000000-0000-7000-8000-' || lpad(to_hex(1 + (g * 2654435761) % $3), 12, '0'))::uuid,
-                        true, g, now() - ((g * 40503) % 31536000) * interval '1 second', now(),
+                        now() - ((g * 40503) % 31536000) * interval '1 second', now(),
                         jsonb_build_object('revenue', round(((g * 13) % 20000) / 100.0, 2),
                                            'currency', (ARRAY['EUR','USD','GBP'])[1 + g % 3])
                  FROM generate_series($1::int8, $2::int8) g",
+                &[&(from + 1), &to],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
+                 SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + (seq * 2654435761) % $3), 12, '0'))::uuid, seq
+                 FROM events WHERE seq BETWEEN $1 AND $2",
                 &[&(from + 1), &to, &args.profiles],
             )
             .await?;
@@ -96,7 +103,7 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     }
     client
         .execute(
-            "SELECT setval('event_resolutions', $1::int8)",
+            "SELECT setval('event_resolutions', $1::int8), setval(pg_get_serial_sequence('events', 'seq'), $1::int8)",
             &[&args.events],
         )
         .await?;
@@ -154,11 +161,16 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     db.conn()
         .await?
         .execute(
-            "INSERT INTO events (source_id, message_id, type, event, profile_id, resolved, resolved_seq, ts, received_at, properties)
-             SELECT '00000000-0000-7000-8000-000000000001', 'late-' || g, 'track', 'Order Completed',
-                    ('00000000-0000-7000-8000-' || lpad(to_hex(1 + g % $1::int8), 12, '0'))::uuid,
-                    true, nextval('event_resolutions'), now(), now(), '{\"revenue\": 10, \"currency\": \"EUR\"}'
-             FROM generate_series(1, 10000) g",
+            "WITH stored AS (
+                 INSERT INTO events (source_id, message_id, type, event, ts, received_at, properties)
+                 SELECT '00000000-0000-7000-8000-000000000001', 'late-' || g, 'track', 'Order Completed',
+                        now(), now(), '{\"revenue\": 10, \"currency\": \"EUR\"}'
+                 FROM generate_series(1, 10000) g
+                 RETURNING seq, ts)
+             INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
+             SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + seq % $1::int8), 12, '0'))::uuid,
+                    nextval('event_resolutions')
+             FROM stored",
             &[&args.profiles],
         )
         .await?;

@@ -15,6 +15,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_computed_traits",
         include_str!("../../sql/0004_computed_traits.sql"),
     ),
+    (
+        "0005_event_profiles",
+        include_str!("../../sql/0005_event_profiles.sql"),
+    ),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.

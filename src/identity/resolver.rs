@@ -266,10 +266,12 @@ pub async fn resolve_batch(
     // commit need not wait for its WAL flush.
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
+    let started = std::time::Instant::now();
     let events = store::pending_events(&tx, limit).await?;
     if events.is_empty() {
         return Ok(BatchOutcome::default());
     }
+    let read = started.elapsed();
 
     // Every identifier the batch could touch, looked up at once (aliases both ways).
     let mut wanted: HashSet<Identifier> = HashSet::new();
@@ -309,12 +311,25 @@ pub async fn resolve_batch(
         }
     }
 
+    let looked_up = started.elapsed();
     for event in &events {
         batch.resolve(event, rules);
     }
+    let decided = started.elapsed();
 
     write(&tx, &batch).await?;
+    let written = started.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        events = events.len(),
+        merges = batch.merges.len(),
+        read_ms = read.as_secs_f64() * 1e3,
+        lookup_ms = (looked_up - read).as_secs_f64() * 1e3,
+        decide_ms = (decided - looked_up).as_secs_f64() * 1e3,
+        write_ms = (written - decided).as_secs_f64() * 1e3,
+        commit_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+        "resolved a batch"
+    );
     Ok(BatchOutcome {
         events: events.len(),
         merges: batch.merges.len(),
@@ -348,8 +363,11 @@ async fn write(
         rows.traits.push(Value::Object(profile.traits.clone()));
         rows.trait_meta.push(Value::Object(profile.meta.clone()));
     }
+    let started = std::time::Instant::now();
     store::insert_profiles(tx, &inserted).await?;
+    let t_insert = started.elapsed();
     store::update_profiles(tx, &updated).await?;
+    let t_update = started.elapsed();
 
     if !batch.new_identities.is_empty() {
         let n = batch.new_identities.len();
@@ -387,6 +405,16 @@ async fn write(
         .iter()
         .map(|a| a.1.map(|p| batch.find(p)))
         .collect();
+    let t_merges = started.elapsed();
     store::mark_resolved(tx, &seqs, &profiles).await?;
+    tracing::debug!(
+        inserted = inserted.id.len(),
+        updated = updated.id.len(),
+        insert_ms = t_insert.as_secs_f64() * 1e3,
+        update_ms = (t_update - t_insert).as_secs_f64() * 1e3,
+        identities_merges_ms = (t_merges - t_update).as_secs_f64() * 1e3,
+        mark_ms = (started.elapsed() - t_merges).as_secs_f64() * 1e3,
+        "wrote a batch"
+    );
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The identity stage's tables: `profiles` (written here), `identities`, `profile_merges`, and the
-//! `resolved` / `profile_id` columns of `events`. Every function runs inside the resolver's
+//! The identity stage's tables: `profiles` (written here), `identities`, `profile_merges`, and
+//! `event_profiles` (each event's profile and resolution order). Every function runs inside the resolver's
 //! transaction, one statement per batch of rows.
 
 use chrono::{DateTime, Utc};
@@ -27,9 +27,11 @@ pub async fn pending_events(
 ) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT seq, source_id, type, user_id, anonymous_id, previous_id, ts,
-                    CASE WHEN type = 'identify' THEN traits END, context->'traits', context->'externalIds'
-             FROM events WHERE NOT resolved ORDER BY seq LIMIT $1",
+            "SELECT e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
+                    CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds'
+             FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL ORDER BY seq LIMIT $1) AS p
+             JOIN events e ON e.seq = p.seq
+             ORDER BY e.seq",
             &[&limit],
         )
         .await?;
@@ -187,7 +189,7 @@ pub async fn apply_merges(
     )
     .await?;
     tx.execute(
-        "UPDATE events e SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
+        "UPDATE event_profiles e SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
          WHERE e.profile_id = m.loser AND e.profile_id = ANY($1)",
         &[&losers, &winners],
     )
@@ -240,7 +242,7 @@ pub async fn mark_resolved(
     profile_ids: &[Option<Uuid>],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "UPDATE events e SET resolved = true, profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
+        "UPDATE event_profiles e SET profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
          FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq AND e.seq = ANY($1)",
         &[&seqs, &profile_ids],
     )

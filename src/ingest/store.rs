@@ -1,5 +1,5 @@
-//! Durable writes of accepted messages into `events`: one statement per request, deduplicated
-//! on (source, messageId) by the unique index.
+//! Durable writes of accepted messages into `events` (and their `event_profiles` queue rows): one
+//! statement per request, deduplicated on (source, messageId) by the unique index.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -8,7 +8,10 @@ use uuid::Uuid;
 use super::message::Message;
 use crate::db::{Db, DbError};
 
+// The event and its row in `event_profiles` (the resolver's queue) go in one statement, so one
+// commit makes both durable.
 const INSERT: &str = "
+WITH stored AS (
 INSERT INTO events (source_id, message_id, type, event, name, user_id, anonymous_id, group_id,
                     previous_id, ts, original_timestamp, sent_at, received_at,
                     properties, traits, context, integrations, extra)
@@ -20,7 +23,9 @@ FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text
             $14::jsonb[], $15::jsonb[], $16::jsonb[], $17::jsonb[], $18::jsonb[])
      AS m(message_id, type, event, name, user_id, anonymous_id, group_id, previous_id, ts,
           original_timestamp, sent_at, properties, traits, context, integrations, extra)
-ON CONFLICT (source_id, message_id) DO NOTHING";
+ON CONFLICT (source_id, message_id) DO NOTHING
+RETURNING seq, ts)
+INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM stored";
 
 /// Stores `messages` in one round trip, committed when this returns; returns how many were new
 /// (the rest were retries of messages already stored).

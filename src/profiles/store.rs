@@ -148,13 +148,13 @@ pub async fn timeline(
         .prepare_cached(
             "SELECT e.seq, e.message_id, e.type, e.event, e.name, e.ts, e.received_at,
                     e.source_id, s.name, s.kind, e.properties, e.traits, e.context
-             FROM events e JOIN sources s ON s.id = e.source_id
-             WHERE e.profile_id = $1
-               AND ($2::timestamptz IS NULL OR (e.ts, e.seq) < ($2, $3))
+             FROM event_profiles p JOIN events e ON e.seq = p.seq JOIN sources s ON s.id = e.source_id
+             WHERE p.profile_id = $1
+               AND ($2::timestamptz IS NULL OR (p.ts, p.seq) < ($2, $3))
                AND ($4::uuid IS NULL OR e.source_id = $4)
                AND ($5::text IS NULL OR s.kind = $5)
                AND ($6::text IS NULL OR e.type = $6)
-             ORDER BY e.ts DESC, e.seq DESC
+             ORDER BY p.ts DESC, p.seq DESC
              LIMIT $7",
         )
         .await?;

@@ -142,9 +142,10 @@ impl Snapshot {
         loop {
             let rows = client
                 .query(
-                    "SELECT resolved_seq, profile_id, type, event, ts, properties::text
-                     FROM events WHERE resolved_seq > $1 AND profile_id IS NOT NULL
-                     ORDER BY resolved_seq LIMIT $2",
+                    "SELECT p.resolved_seq, p.profile_id, e.type, e.event, e.ts, e.properties::text
+                     FROM event_profiles p JOIN events e ON e.seq = p.seq
+                     WHERE p.resolved_seq > $1 AND p.profile_id IS NOT NULL
+                     ORDER BY p.resolved_seq LIMIT $2",
                     &[&self.event_watermark, &EVENT_CHUNK],
                 )
                 .await?;

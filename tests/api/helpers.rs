@@ -253,7 +253,10 @@ impl TestApp {
         let db = self.db().await;
         for _ in 0..200 {
             let pending: i64 = db
-                .query_one("SELECT count(*) FROM events WHERE NOT resolved", &[])
+                .query_one(
+                    "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL",
+                    &[],
+                )
                 .await
                 .unwrap()
                 .get(0);
