@@ -29,6 +29,11 @@ pub struct LookupBench {
     /// Keep the benchmark database afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Offer a fixed total rate (requests/s) instead of sending as fast as answers come back.
+    /// Latency is then measured from each request's scheduled send time, so a server that falls
+    /// behind is charged for the queue it builds (no coordinated omission, as wrk2 does).
+    #[arg(long)]
+    pub rate: Option<u32>,
 }
 
 pub async fn run(args: LookupBench, settings: Settings) -> anyhow::Result<()> {
@@ -74,18 +79,31 @@ pub async fn run(args: LookupBench, settings: Settings) -> anyhow::Result<()> {
             let mut tasks = Vec::new();
             for worker in 0..args.connections {
                 let (base, token) = (base.clone(), token.clone());
-                let n = args.profiles;
+                let (n, rate, connections) = (args.profiles, args.rate, args.connections);
                 tasks.push(tokio::spawn(async move {
                     let client = reqwest::Client::builder()
                         .pool_max_idle_per_host(1)
                         .build()?;
                     let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64);
                     let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+                    // With a rate, this connection's share of it, staggered across connections.
+                    let interval =
+                        rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1) as f64));
+                    let mut scheduled = interval
+                        .map(|i| Instant::now() + i.mul_f64(worker as f64 / connections as f64));
                     while Instant::now() < deadline {
                         let g = rng.random_range(1..=n);
                         let url =
                             format!("{base}/v1/profiles/lookup?email=customer{g}@example.com");
-                        let sent = Instant::now();
+                        let sent = match (scheduled.as_mut(), interval) {
+                            (Some(at), Some(interval)) => {
+                                tokio::time::sleep_until((*at).into()).await;
+                                let this = *at;
+                                *at += interval;
+                                this
+                            }
+                            _ => Instant::now(),
+                        };
                         let response = client.get(url).bearer_auth(&token).send().await?;
                         let status = response.status();
                         let _ = response.bytes().await?;
@@ -106,8 +124,14 @@ pub async fn run(args: LookupBench, settings: Settings) -> anyhow::Result<()> {
     let latencies = measure(args.seconds).await?;
     let rps = latencies.len() as f64 / args.seconds as f64;
     println!(
-        "kizuna bench lookup: {} profiles, {} connections, {} s",
-        args.profiles, args.connections, args.seconds
+        "kizuna bench lookup: {} profiles, {} connections, {} s, {}",
+        args.profiles,
+        args.connections,
+        args.seconds,
+        match args.rate {
+            Some(r) => format!("offered {r} requests/s (latency from the scheduled send time)"),
+            None => "closed loop (as fast as answers come back)".into(),
+        }
     );
     println!("  {rps:.0} requests/s");
     println!(
