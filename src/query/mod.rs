@@ -107,24 +107,16 @@ async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
             vec![vec![tables.merges]],
         )?),
     )?;
-    ctx.register_table(
-        "events_raw",
-        Arc::new(MemTable::try_new(
-            tables.events_schema,
-            vec![tables.events],
-        )?),
-    )?;
-    // Events with the profile id of today's survivor.
-    let events = ctx
-        .state()
-        .create_logical_plan(
-            "SELECT coalesce(m.winner, e.profile_id) AS profile_id, e.type, e.event, e.ts, e.properties
-             FROM events_raw e LEFT JOIN merges m ON e.profile_id = m.loser",
-        )
-        .await?;
+    // Event batches already carry each event's surviving profile id (see the snapshot). They
+    // are dealt into one partition a core so scans start in parallel.
+    let n = ctx.state().config().target_partitions().max(1);
+    let mut partitions = vec![Vec::new(); n];
+    for (i, batch) in tables.events.into_iter().enumerate() {
+        partitions[i % n].push(batch);
+    }
     ctx.register_table(
         "events",
-        Arc::new(datafusion::datasource::ViewTable::new(events, None)),
+        Arc::new(MemTable::try_new(tables.events_schema, partitions)?),
     )?;
     Ok(View {
         ctx,

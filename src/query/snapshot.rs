@@ -1,16 +1,17 @@
 //! The columnar snapshot: live profiles (traits as typed columns inferred from the data, plus the
 //! raw JSON), identities, resolved events and the merge map, as Arrow record batches. It follows
 //! PostgreSQL incrementally: profiles by their global `version`, events by `resolved_seq`, merges
-//! through `merged_into`. Events keep the profile id they were resolved to; the `merges` table
-//! maps merged-away ids to survivors at query time, so a merge never rewrites event batches.
+//! through `merged_into`. Event batches carry the survivor's profile id: new events are mapped as they
+//! are read, and a refresh that sees new merges rewrites the `profile_id` column of just the batches
+//! that hold a merged-away id (queries then never join events with the merge map).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    StructArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, StructArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::{Map, Value};
@@ -86,6 +87,7 @@ impl Snapshot {
     /// Reads what changed in PostgreSQL since the last refresh.
     pub async fn refresh(&mut self, db: &Db) -> Result<RefreshStats, DbError> {
         let mut stats = RefreshStats::default();
+        let mut new_losers = HashSet::new();
         let client = db.conn().await?;
         let rows = client
             .query(
@@ -102,7 +104,9 @@ impl Snapshot {
             let merged_into: Option<Uuid> = row.get(2);
             if let Some(winner) = merged_into {
                 self.profiles.remove(&id);
-                self.merges.insert(id, winner);
+                if self.merges.insert(id, winner) != Some(winner) {
+                    new_losers.insert(id);
+                }
                 continue;
             }
             let kinds: Vec<String> = row.get(7);
@@ -138,6 +142,19 @@ impl Snapshot {
                 *winner = *next;
             }
         }
+        if !new_losers.is_empty() {
+            // A loser's id is final survivor's now (a survivor that itself lost is among the
+            // new losers, so events already re-pointed at it move on too).
+            let survivors: HashMap<String, String> = new_losers
+                .iter()
+                .map(|l| (l.to_string(), self.merges[l].to_string()))
+                .collect();
+            for batch in &mut self.events {
+                if let Some(rewritten) = remap_profiles(batch, &survivors) {
+                    *batch = rewritten;
+                }
+            }
+        }
 
         loop {
             let rows = client
@@ -161,6 +178,7 @@ impl Snapshot {
             for row in &rows {
                 self.event_watermark = self.event_watermark.max(row.get(0));
                 let id: Uuid = row.get(1);
+                let id = self.merges.get(&id).copied().unwrap_or(id);
                 profile_id.append_value(id.to_string());
                 kind.append_value(row.get::<_, String>(2));
                 event.append_option(row.get::<_, Option<String>>(3));
@@ -334,6 +352,22 @@ impl Snapshot {
             trait_types,
         }
     }
+}
+
+/// `batch` with every profile id found in `survivors` replaced by its survivor, or `None` when
+/// the batch holds none of them.
+fn remap_profiles(batch: &RecordBatch, survivors: &HashMap<String, String>) -> Option<RecordBatch> {
+    let ids = batch.column(0).as_string::<i32>();
+    if !ids.iter().flatten().any(|id| survivors.contains_key(id)) {
+        return None;
+    }
+    let mut remapped = StringBuilder::with_capacity(ids.len(), ids.value_data().len());
+    for id in ids.iter() {
+        remapped.append_option(id.map(|id| survivors.get(id).map_or(id, String::as_str)));
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(remapped.finish());
+    Some(RecordBatch::try_new(batch.schema(), columns).expect("same schema"))
 }
 
 fn flatten<'a>(prefix: &str, map: &'a Map<String, Value>, out: &mut BTreeMap<String, &'a Value>) {

@@ -545,3 +545,32 @@ async fn computed_traits_of_each_kind_show_on_profiles_and_work_in_segments() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn events_already_in_the_snapshot_count_for_the_survivor_after_a_merge() {
+    let (app, key) = shop().await;
+    let three_orders = json!({"event": "Order Completed", "count": {"op": "gte", "value": 3}});
+    // Two orders on a phone nobody has linked yet, older than bob's profile.
+    let phone = json!({"batch": [
+        {"type": "track", "event": "Order Completed", "anonymousId": "bob-phone", "timestamp": ago(60)},
+        {"type": "track", "event": "Order Completed", "anonymousId": "bob-phone", "timestamp": ago(55)}
+    ]});
+    assert_eq!(
+        app.post_tracking("/v1/batch", &key, &phone).await.status(),
+        200
+    );
+    app.settle().await;
+    // The snapshot now holds bob's one order and the phone's two under two profiles.
+    assert_eq!(who(&app, three_orders.clone()).await, vec!["ada"]);
+    // bob logs in on the phone: the phone's older profile survives and bob's merges into it.
+    let link =
+        json!({"batch": [{"type": "identify", "anonymousId": "bob-phone", "userId": "bob"}]});
+    assert_eq!(
+        app.post_tracking("/v1/batch", &key, &link).await.status(),
+        200
+    );
+    app.settle().await;
+    let bob = app.lookup("user_id", "bob").await;
+    assert_eq!(bob["merged_from"].as_array().unwrap().len(), 1, "{bob}");
+    assert_eq!(who(&app, three_orders).await, vec!["ada", "bob"]);
+}
