@@ -510,3 +510,180 @@ async fn path_traversal_in_ids_is_a_4xx_problem() {
     let status = response.status().as_u16();
     assert!((400..500).contains(&status), "{status}");
 }
+
+// ---- a real database outage ------------------------------------------------------------------
+
+/// What one load client saw: acknowledged message ids, and any answer a client must not get.
+#[derive(Default)]
+struct LoadReport {
+    acknowledged: Vec<String>,
+    unavailable: usize,
+    wrong: Vec<String>,
+}
+
+/// Sends batches of two messages until `stop`, retrying a refused batch as an SDK does
+/// (same message ids, after a short pause).
+async fn ingest_load(
+    url: String,
+    key: String,
+    client_no: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> LoadReport {
+    let client = reqwest::Client::new();
+    let mut report = LoadReport::default();
+    let mut b = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let ids = [
+            format!("c{client_no}-b{b}-0"),
+            format!("c{client_no}-b{b}-1"),
+        ];
+        let body = json!({"batch": [
+            {"type": "track", "messageId": ids[0], "userId": format!("u{client_no}"), "event": "Tick"},
+            {"type": "track", "messageId": ids[1], "anonymousId": format!("a{client_no}"), "event": "Tock"},
+        ]});
+        let started = Instant::now();
+        let sent = client
+            .post(&url)
+            .basic_auth(&key, Some(""))
+            .json(&body)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        let took = started.elapsed();
+        if took > Duration::from_secs(10) {
+            report.wrong.push(format!("an answer took {took:?}"));
+        }
+        match sent {
+            Ok(r) if r.status() == 200 => {
+                report.acknowledged.extend(ids);
+                b += 1;
+            }
+            Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                report.unavailable += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(r) => report.wrong.push(format!("answered {}", r.status())),
+            Err(e) => report.wrong.push(format!("no answer: {e}")),
+        }
+    }
+    report
+}
+
+#[tokio::test]
+async fn stopping_postgresql_under_load_gives_prompt_503s_and_restarting_it_recovers_everything() {
+    if !std::path::Path::new("/usr/lib/postgresql").exists() {
+        eprintln!(
+            "no PostgreSQL binaries under /usr/lib/postgresql: a private cluster cannot run here"
+        );
+        return;
+    }
+    // Arrange: a PostgreSQL cluster of this test's own, and Kizuna on it.
+    let dir = std::env::temp_dir().join(format!("kizuna-outage-{}", uuid::Uuid::new_v4().simple()));
+    let data = dir.join("postgres");
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || kizuna::db::embedded::EmbeddedPostgres::start(&data))
+            .await
+            .unwrap()
+            .expect("a private cluster starts"),
+    );
+    let port = cluster.port();
+    let app = spawn_app_with(Options { via_proxy: false }, |s| {
+        s.database.url = format!("postgres://postgres@127.0.0.1:{port}/kizuna_outage");
+    })
+    .await;
+    let (_, key) = app.create_source("Web", "web").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::spawn(ingest_load(
+                app.url("/v1/batch"),
+                key.clone(),
+                c,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Act 1: PostgreSQL stops.
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    let stopped_at = Instant::now();
+    let readyz = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert!(stopped_at.elapsed() < Duration::from_secs(10));
+    problem(readyz, 503).await;
+    let ingest = app
+        .post_tracking(
+            "/v1/track",
+            &key,
+            &json!({"userId": "x", "event": "During"}),
+        )
+        .await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(10),
+        "answered within 10 s"
+    );
+    assert!(retry_after(&ingest) > 0);
+    problem(ingest, 503).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Act 2: PostgreSQL comes back on the same port; Kizuna is not restarted.
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_again())
+        .await
+        .unwrap()
+        .expect("the cluster starts again");
+    let back_at = Instant::now();
+    loop {
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(
+            back_at.elapsed() < Duration::from_secs(30),
+            "Kizuna did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    for client in clients {
+        let report = client.await.unwrap();
+        assert!(report.wrong.is_empty(), "{:?}", report.wrong);
+        acknowledged.extend(report.acknowledged);
+        unavailable += report.unavailable;
+    }
+
+    // Assert: the clients saw 503s during the outage, and every acknowledged message is stored
+    // exactly once.
+    assert!(unavailable > 0, "the load ran through the outage");
+    let (pg, conn) = tokio_postgres::connect(
+        &format!("postgres://postgres@127.0.0.1:{port}/kizuna_outage"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let stored: std::collections::HashMap<String, i64> = pg
+        .query("SELECT message_id, count(*) FROM events GROUP BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for id in &acknowledged {
+        assert_eq!(stored.get(id), Some(&1), "{id} is stored once");
+    }
+    let after = app
+        .post_tracking("/v1/track", &key, &json!({"userId": "x", "event": "After"}))
+        .await;
+    assert_eq!(after.status(), 200, "ingest works again");
+
+    drop((pg, app));
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
