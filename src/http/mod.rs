@@ -179,3 +179,28 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
+
+/// The most a JSON body of the admin, profile and segment APIs may be.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// Reads and parses a JSON body. Handlers call it only after `caller.require(…)`, so a caller
+/// without the scope gets 403 whatever it sent, and a malformed body is 400 only for one with it
+/// (an extractor would parse the body before the handler could check the scope).
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+) -> Result<T, ApiError> {
+    use futures::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
+        if body.len() + chunk.len() > MAX_JSON_BODY {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the request body is more than {MAX_JSON_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}

@@ -38,7 +38,7 @@ async fn live_profile(state: &AppState, id: Uuid) -> Result<Uuid, ApiError> {
 /// The unified profile; a merged-away id answers with the surviving profile.
 #[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles", params(("id" = Uuid, Path)),
     responses((status = 200, body = Profile), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn get_profile(
     principal: Principal,
     state: web::Data<AppState>,
@@ -62,7 +62,7 @@ pub async fn get_profile(
         ("email" = Option<String>, Query), ("phone" = Option<String>, Query),
     ),
     responses((status = 200, body = Profile), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn lookup(
     principal: Principal,
     state: web::Data<AppState>,
@@ -125,7 +125,7 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
 /// The cross-channel timeline: every event of the profile with its source, newest first.
 #[utoipa::path(get, path = "/v1/profiles/{id}/events", tag = "profiles", params(("id" = Uuid, Path), TimelineParams),
     responses((status = 200, body = Page<TimelineEvent>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn timeline(
     principal: Principal,
     state: web::Data<AppState>,
@@ -185,7 +185,7 @@ pub async fn timeline(
 /// which message.
 #[utoipa::path(get, path = "/v1/profiles/{id}/merges", tag = "profiles", params(("id" = Uuid, Path)),
     responses((status = 200, body = Page<Merge>), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn merges(
     principal: Principal,
     state: web::Data<AppState>,

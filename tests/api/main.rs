@@ -5,5 +5,6 @@ mod helpers;
 mod identity;
 mod operations;
 mod process;
+mod scopes;
 mod segments;
 mod tracking;
