@@ -30,6 +30,8 @@ pub struct AppState {
     pub resolver_wake: Arc<Notify>,
     /// The DataFusion query layer over the columnar snapshot.
     pub query: Arc<QueryEngine>,
+    /// The suppression list of erased identifiers, as ingest checks it.
+    pub suppressions: Arc<crate::privacy::Suppressions>,
 }
 
 pub struct Application {
@@ -102,6 +104,7 @@ impl Application {
                     .await
                     .context("starting the query engine")?,
             ),
+            suppressions: Arc::default(),
             db,
             settings,
         });

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod computed;
 pub mod openapi;
 pub mod ops;
+pub mod privacy;
 pub mod profiles;
 pub mod segments;
 pub mod tracking;
@@ -134,6 +135,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(segments::routes)
             .configure(computed::routes)
             .configure(ops::routes)
+            .configure(privacy::routes)
             .default_service(web::to(not_found)),
     );
 }

@@ -17,7 +17,11 @@ use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/profiles/lookup").route(web::get().to(lookup)))
-        .service(resource("/v1/profiles/{id}").route(web::get().to(get_profile)))
+        .service(
+            resource("/v1/profiles/{id}")
+                .route(web::get().to(get_profile))
+                .route(web::delete().to(super::privacy::erase_profile)),
+        )
         .service(resource("/v1/profiles/{id}/events").route(web::get().to(timeline)))
         .service(resource("/v1/profiles/{id}/merges").route(web::get().to(merges)));
 }

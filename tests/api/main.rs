@@ -4,6 +4,7 @@ mod admin;
 mod helpers;
 mod identity;
 mod operations;
+mod privacy;
 mod process;
 mod scopes;
 mod segments;

@@ -201,7 +201,7 @@ async fn every_operation_checks_its_scope() {
             checked += 1;
         }
     }
-    assert!(checked >= 36, "only {checked} operations in the document");
+    assert!(checked >= 39, "only {checked} operations in the document");
 }
 
 #[tokio::test]
