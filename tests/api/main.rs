@@ -3,6 +3,7 @@
 mod admin;
 mod helpers;
 mod identity;
+mod logs;
 mod operations;
 mod privacy;
 mod process;
