@@ -10,6 +10,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod metrics;
+pub mod privacy;
 pub mod profiles;
 pub mod query;
 pub mod segments;

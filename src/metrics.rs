@@ -16,6 +16,7 @@ pub struct Metrics {
     pub profile_merges: IntCounter,
     pub segment_evaluation: Histogram,
     pub requests_rate_limited: IntCounter,
+    pub events_suppressed: IntCounter,
 }
 
 impl Metrics {
@@ -67,6 +68,10 @@ impl Metrics {
                 "kizuna_requests_rate_limited_total",
                 "Tracking requests refused with 429 by a source's rate limit",
             ),
+            events_suppressed: counter(
+                "kizuna_events_suppressed_total",
+                "Messages dropped at ingest because they carry an erased (suppressed) identifier",
+            ),
             http_requests,
             http_duration,
             registry,
@@ -81,6 +86,7 @@ impl Metrics {
             Box::new(metrics.profile_merges.clone()),
             Box::new(metrics.segment_evaluation.clone()),
             Box::new(metrics.requests_rate_limited.clone()),
+            Box::new(metrics.events_suppressed.clone()),
         ] {
             r.register(collector).expect("metric registered once");
         }

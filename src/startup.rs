@@ -32,6 +32,8 @@ pub struct AppState {
     pub query: Arc<QueryEngine>,
     /// Per-source token buckets of the tracking API.
     pub rate_limits: crate::ingest::rate_limit::SourceRateLimits,
+    /// The suppression list of erased identifiers, as ingest checks it.
+    pub suppressions: Arc<crate::privacy::Suppressions>,
 }
 
 pub struct Application {
@@ -108,6 +110,7 @@ impl Application {
                 settings.ingest.rate_limit_per_sec,
                 settings.ingest.rate_limit_burst,
             ),
+            suppressions: Arc::default(),
             db,
             settings,
         });

@@ -6,6 +6,7 @@ pub mod computed;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod privacy;
 pub mod profiles;
 pub mod segments;
 pub mod tracking;
@@ -137,6 +138,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(segments::routes)
             .configure(computed::routes)
             .configure(ops::routes)
+            .configure(privacy::routes)
             .default_service(web::to(not_found)),
     );
 }
@@ -181,4 +183,29 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 /// A resource that answers unknown methods with a 405 problem.
 pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// The most a JSON body of the admin, profile and segment APIs may be.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// Reads and parses a JSON body. Handlers call it only after `caller.require(…)`, so a caller
+/// without the scope gets 403 whatever it sent, and a malformed body is 400 only for one with it
+/// (an extractor would parse the body before the handler could check the scope).
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+) -> Result<T, ApiError> {
+    use futures::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
+        if body.len() + chunk.len() > MAX_JSON_BODY {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the request body is more than {MAX_JSON_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }

@@ -266,6 +266,12 @@ pub async fn resolve_batch(
     // commit need not wait for its WAL flush.
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
+    // An erasure holds this exclusively: a batch never works from profiles it deletes.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&crate::privacy::ERASURE_LOCK],
+    )
+    .await?;
     let started = std::time::Instant::now();
     let events = store::pending_events(&tx, limit).await?;
     if events.is_empty() {

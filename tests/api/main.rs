@@ -3,8 +3,11 @@
 mod admin;
 mod helpers;
 mod identity;
+mod logs;
 mod operations;
+mod privacy;
 mod process;
 mod reliability;
+mod scopes;
 mod segments;
 mod tracking;
