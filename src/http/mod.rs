@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod computed;
+pub mod exports;
 pub mod openapi;
 pub mod ops;
 pub mod profiles;
@@ -134,6 +135,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(segments::routes)
             .configure(computed::routes)
             .configure(ops::routes)
+            .configure(exports::routes)
             .default_service(web::to(not_found)),
     );
 }

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, computed, ops, profiles, segments, tracking};
+use super::{admin, computed, exports, ops, profiles, segments, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use super::{admin, computed, ops, profiles, segments, tracking};
         segments::preview, segments::evaluate, segments::members, segments::history,
         computed::create, computed::list, computed::delete, computed::refresh,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        exports::segment_export, exports::profiles_export, exports::events_export,
+        exports::create, exports::get,
     ),
     modifiers(&Security)
 )]
