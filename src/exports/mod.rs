@@ -338,7 +338,17 @@ pub async fn open(
     what: &What,
     fields: Option<&[String]>,
 ) -> Result<SendableRecordBatchStream, ExportError> {
-    Ok(plan(engine, what, fields).await?.execute_stream().await?)
+    let started = std::time::Instant::now();
+    let frame = plan(engine, what, fields).await?;
+    let planned = started.elapsed();
+    let stream = frame.execute_stream().await?;
+    tracing::debug!(
+        export = what.name(),
+        planned_ms = planned.as_secs_f64() * 1e3,
+        started_ms = started.elapsed().as_secs_f64() * 1e3,
+        "export started"
+    );
+    Ok(stream)
 }
 
 /// An export's encoded bytes, chunk by chunk: each batch from the engine is cut into slices of
@@ -412,29 +422,34 @@ impl Chunks {
     }
 }
 
-/// The encoded bytes of a started export, produced on a task of their own a few chunks ahead of
-/// the reader (back-pressure keeps memory flat). A failure after the first bytes ends the
-/// stream with an error, so the client sees a broken transfer rather than a short file.
+/// The encoded bytes of a started export. Encoding is CPU work, so it runs on a blocking thread
+/// (an HTTP worker stays free for other requests, and its bytes are written while the next
+/// ones are encoded), a few chunks ahead of the reader: back-pressure keeps memory flat. A
+/// failure after the first bytes ends the stream with an error, so the client sees a broken
+/// transfer rather than a short file.
 pub fn encoded(mut chunks: Chunks) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        loop {
-            match chunks.next().await {
-                Ok(Some(bytes)) => {
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        return; // the client went away
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(async move {
+            loop {
+                match chunks.next().await {
+                    Ok(Some(bytes)) => {
+                        if tx.send(Ok(bytes)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(err) => {
+                        tracing::error!(error = %err, "a streamed export failed part-way");
+                        let _ = tx
+                            .send(Err(std::io::Error::other(format!("export failed: {err}"))))
+                            .await;
+                        return;
                     }
                 }
-                Ok(None) => return,
-                Err(err) => {
-                    tracing::error!(error = %err, "a streamed export failed part-way");
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!("export failed: {err}"))))
-                        .await;
-                    return;
-                }
             }
-        }
+        })
     });
     rx
 }
