@@ -466,3 +466,52 @@ async fn a_scheduled_export_refreshes_its_folder() {
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn forgetting_an_erased_person_removes_the_files_that_may_hold_them() {
+    let dir = temp_dir();
+    let app = spawn_app_with(Options { via_proxy: false }, |s| {
+        s.exports.dir = dir.clone()
+    })
+    .await;
+    seed(&app).await;
+    let response = app
+        .admin(Method::POST, "/v1/exports")
+        .json(&json!({"what": "profiles", "format": "csv"}))
+        .send()
+        .await
+        .unwrap();
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(wait_until_finished(&app, &id).await["status"], "done");
+    let settings = kizuna::config::Settings::load().unwrap();
+    let url = format!(
+        "postgres://postgres@{}/{}",
+        crate::helpers::pg_addr(),
+        app.db_name
+    );
+    let db = kizuna::db::Db::connect(&settings.database, &url).unwrap();
+
+    // Someone first seen after the export finished cannot be in it; ada can.
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let untouched = kizuna::exports::worker::forget_erased(&db, &dir, later)
+        .await
+        .unwrap();
+    let ada = app.lookup("user_id", "ada").await;
+    let first_seen = chrono::DateTime::parse_from_rfc3339(ada["first_seen"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let removed = kizuna::exports::worker::forget_erased(&db, &dir, first_seen)
+        .await
+        .unwrap();
+
+    assert_eq!(untouched, 0);
+    assert_eq!(removed, 1);
+    assert!(!dir.join(&id).exists());
+    let status = app.get_json(&format!("/v1/exports/{id}")).await;
+    assert_eq!(status["status"], "failed");
+    assert!(status["reason"].as_str().unwrap().contains("erased"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
