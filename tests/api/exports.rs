@@ -113,6 +113,8 @@ async fn csv_has_a_header_and_quotes_commas_quotes_and_newlines() {
         response.headers()["content-type"],
         "text/csv; charset=utf-8"
     );
+    // Streamed as it is encoded: chunked, so no length is known up front.
+    assert!(response.headers().get("content-length").is_none());
     let disposition = response.headers()["content-disposition"]
         .to_str()
         .unwrap()
