@@ -17,4 +17,4 @@ CREATE TABLE exports (
     started_at   timestamptz,
     finished_at  timestamptz
 );
-CREATE INDEX exports_pending ON exports (created_at) WHERE status = 'pending';
+CREATE INDEX exports_unfinished ON exports (created_at) WHERE status IN ('pending', 'running');

@@ -75,10 +75,14 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<FileExport>, DbError> {
 }
 
 /// Takes the oldest pending export and marks it running (several workers never take the same).
+/// An export still `running` an hour after it started was left by a process that died (one
+/// takes seconds): it is taken again.
 pub async fn claim_next(db: &Db) -> Result<Option<FileExport>, DbError> {
     let sql = format!(
         "UPDATE exports SET status = 'running', started_at = now()
-         WHERE id = (SELECT id FROM exports WHERE status = 'pending'
+         WHERE id = (SELECT id FROM exports
+                     WHERE status = 'pending'
+                        OR (status = 'running' AND started_at < now() - interval '1 hour')
                      ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
          RETURNING {COLUMNS}"
     );
