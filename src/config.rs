@@ -15,6 +15,7 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub query: QuerySettings,
     pub log: LogSettings,
+    pub exports: ExportSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +25,30 @@ pub struct QuerySettings {
     pub schedule_every_secs: u64,
     /// Computed traits declared in configuration.
     pub computed_traits: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSettings {
+    /// Where file exports (one folder per export id) and scheduled exports are written.
+    pub dir: PathBuf,
+    /// Exports refreshed on a schedule into `dir/scheduled/<name>/`, for BI tools to poll.
+    pub schedules: Vec<ScheduledExport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledExport {
+    /// Folder name under `dir/scheduled/`: letters, digits, `_` and `-` only.
+    pub name: String,
+    /// `profiles`, `events` or `segment`.
+    pub what: String,
+    /// `csv`, `parquet` or `ndjson`.
+    pub format: String,
+    /// The segment, when `what = "segment"`.
+    pub segment_id: Option<uuid::Uuid>,
+    /// Seconds between refreshes.
+    pub every_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

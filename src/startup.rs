@@ -130,6 +130,21 @@ impl Application {
         if state.settings.identity.enabled {
             background.push(tokio::spawn(resolver.run(shutdown_rx.clone())));
         }
+        background.push(tokio::spawn(crate::exports::worker::run(
+            state.query.clone(),
+            state.settings.exports.dir.clone(),
+            shutdown_rx.clone(),
+        )));
+        for schedule in &state.settings.exports.schedules {
+            crate::exports::worker::check_schedule(schedule)
+                .map_err(|e| anyhow::anyhow!("[exports] schedules: {e}"))?;
+            background.push(tokio::spawn(crate::exports::worker::run_schedule(
+                state.query.clone(),
+                state.settings.exports.dir.clone(),
+                schedule.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         if state.settings.query.schedule_every_secs > 0 {
             let every = Duration::from_secs(state.settings.query.schedule_every_secs);
             background.push(tokio::spawn(crate::segments::run_schedule(

@@ -40,20 +40,9 @@ fn rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> {
-    let mut bench = BenchDatabase::create(&args.server, "segments", settings).await?;
-    bench.settings.query.schedule_every_secs = 0;
-    let app = Application::build(bench.settings.clone()).await?;
-    let state = app.state();
-    let handle = app.handle();
-    let server = tokio::spawn(app.run_until_stopped());
-    let db = state.db.clone();
-
-    eprintln!(
-        "seeding {} profiles and {} events…",
-        args.profiles, args.events
-    );
-    let started = Instant::now();
+/// Seeds `profiles` profiles (traits plan, country, age, vip; a `user_id` each) and `events`
+/// resolved events straight into PostgreSQL, bypassing the tracking API.
+pub async fn seed(db: &crate::db::Db, profiles: i64, events: i64) -> anyhow::Result<()> {
     let client = db.conn().await?;
     client
         .batch_execute(&format!(
@@ -70,14 +59,14 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
                SELECT 'user_id', 'user-' || g, ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid,
                       '00000000-0000-7000-8000-000000000001', now() - interval '365 days'
                FROM generate_series(1, {p}) g;",
-            p = args.profiles,
-            per = args.events / args.profiles.max(1),
+            p = profiles,
+            per = events / profiles.max(1),
         ))
         .await?;
     let chunk = 1_000_000;
     let mut from = 0;
-    while from < args.events {
-        let to = (from + chunk).min(args.events);
+    while from < events {
+        let to = (from + chunk).min(events);
         client
             .execute(
                 "INSERT INTO events (seq, source_id, message_id, type, event, ts, received_at, properties)
@@ -95,7 +84,7 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
                 "INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
                  SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + (seq * 2654435761) % $3), 12, '0'))::uuid, seq
                  FROM events WHERE seq BETWEEN $1 AND $2",
-                &[&(from + 1), &to, &args.profiles],
+                &[&(from + 1), &to, &profiles],
             )
             .await?;
         from = to;
@@ -104,11 +93,29 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     client
         .execute(
             "SELECT setval('event_resolutions', $1::int8), setval(pg_get_serial_sequence('events', 'seq'), $1::int8)",
-            &[&args.events],
+            &[&events],
         )
         .await?;
     client.batch_execute("ANALYZE").await?;
     drop(client);
+    Ok(())
+}
+
+pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> {
+    let mut bench = BenchDatabase::create(&args.server, "segments", settings).await?;
+    bench.settings.query.schedule_every_secs = 0;
+    let app = Application::build(bench.settings.clone()).await?;
+    let state = app.state();
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let db = state.db.clone();
+
+    eprintln!(
+        "seeding {} profiles and {} events…",
+        args.profiles, args.events
+    );
+    let started = Instant::now();
+    seed(&db, args.profiles, args.events).await?;
     let seed_secs = started.elapsed().as_secs_f64();
 
     let engine = &state.query;

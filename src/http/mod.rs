@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod computed;
+pub mod exports;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
@@ -139,6 +140,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(computed::routes)
             .configure(ops::routes)
             .configure(privacy::routes)
+            .configure(exports::routes)
             .default_service(web::to(not_found)),
     );
 }

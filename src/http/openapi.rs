@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, computed, ops, privacy, profiles, segments, tracking};
+use super::{admin, computed, exports, ops, privacy, profiles, segments, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,8 @@ use super::{admin, computed, ops, privacy, profiles, segments, tracking};
         computed::create, computed::list, computed::delete, computed::refresh,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         privacy::erase_profile, privacy::list_suppressions, privacy::unsuppress,
+        exports::segment_export, exports::profiles_export, exports::events_export,
+        exports::create, exports::get,
     ),
     modifiers(&Security)
 )]

@@ -34,12 +34,25 @@ pub async fn erase_profile(
         .timed(async { Ok(privacy::erase(&state.db, &state.rules, id).await) })
         .await??;
     state.suppressions.invalidate();
+    // Any finished file export written since the person was first seen may hold them.
+    let removed = crate::exports::worker::forget_erased(
+        &state.db,
+        &state.settings.exports.dir,
+        erasure.first_seen,
+    )
+    .await
+    .map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "profile erased, but removing export files that may hold it failed: {e}"
+        ))
+    })?;
     // No identifier values here: logs must not name the person just forgotten.
     tracing::info!(
         profiles = erasure.profile_ids.len(),
         identifiers = erasure.identifiers.len(),
         events = erasure.deleted.events,
         suppressed = erasure.suppressed,
+        export_files_removed = removed,
         "profile erased"
     );
     Ok(HttpResponse::NoContent().finish())

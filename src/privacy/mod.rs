@@ -69,6 +69,8 @@ pub struct Erasure {
     /// It and every profile merged into it.
     pub profile_ids: Vec<Uuid>,
     pub identifiers: Vec<Identifier>,
+    /// When the earliest of them was first seen: no file written before it can hold them.
+    pub first_seen: chrono::DateTime<chrono::Utc>,
     pub deleted: store::Deleted,
     /// Identifiers newly put on the suppression list.
     pub suppressed: u64,
@@ -117,6 +119,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
         .map(|e| e.seq)
         .collect();
 
+    let first_seen = store::earliest_seen(&tx, &profile_ids).await?;
     let deleted = store::delete_profiles(&tx, &profile_ids, &carrying).await?;
     let kinds: Vec<&str> = identifiers.iter().map(|i| i.kind.as_str()).collect();
     let hash_values: Vec<Vec<u8>> = identifiers
@@ -128,6 +131,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
     Ok(Erasure {
         profile_id,
         profile_ids,
+        first_seen,
         identifiers,
         deleted,
         suppressed,

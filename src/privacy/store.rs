@@ -112,6 +112,20 @@ pub async fn family(
     Ok(live.map(|live| (live, rows.iter().map(|r| r.get(0)).collect())))
 }
 
+/// The earliest `first_seen` of the profiles.
+pub async fn earliest_seen(
+    tx: &Transaction<'_>,
+    profiles: &[Uuid],
+) -> Result<DateTime<Utc>, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce(min(first_seen), now()) FROM profiles WHERE id = ANY($1)",
+            &[&profiles],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// The identifiers the profiles hold.
 pub async fn identifiers(
     tx: &Transaction<'_>,

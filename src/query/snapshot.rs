@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 
+/// Identifier kinds the `profiles` table carries as columns (the earliest of each kind).
+pub const IDENTITY_COLUMNS: [&str; 3] = ["email", "user_id", "phone"];
+
 /// Rows of events fetched per round trip while catching up.
 const EVENT_CHUNK: i64 = 200_000;
 
@@ -102,8 +105,8 @@ impl Snapshot {
         let rows = client
             .query(
                 "SELECT p.id, p.version, p.merged_into, p.first_seen, p.last_seen, p.event_count, p.traits,
-                        coalesce((SELECT array_agg(i.kind) FROM identities i WHERE i.profile_id = p.id), '{}'),
-                        coalesce((SELECT array_agg(i.value) FROM identities i WHERE i.profile_id = p.id), '{}')
+                        coalesce((SELECT array_agg(i.kind ORDER BY i.first_seen, i.kind, i.value) FROM identities i WHERE i.profile_id = p.id), '{}'),
+                        coalesce((SELECT array_agg(i.value ORDER BY i.first_seen, i.kind, i.value) FROM identities i WHERE i.profile_id = p.id), '{}')
                  FROM profiles p WHERE p.version > $1 ORDER BY p.version",
                 &[&self.profile_version],
             )
@@ -354,6 +357,22 @@ impl Snapshot {
                 .expect("children match fields");
             fields.push(Field::new("traits", DataType::Struct(struct_fields), false));
             columns.push(Arc::new(array));
+        }
+        // The earliest identifier of each main kind as a column, for exports and SQL conditions
+        // (identities come ordered by first_seen).
+        for kind in IDENTITY_COLUMNS {
+            let mut column = StringBuilder::with_capacity(n, n * 16);
+            for id in &ids {
+                column.append_option(
+                    self.profiles[*id]
+                        .identities
+                        .iter()
+                        .find(|(k, _)| k == kind)
+                        .map(|(_, v)| v.as_str()),
+                );
+            }
+            fields.push(Field::new(kind, DataType::Utf8, true));
+            columns.push(Arc::new(column.finish()));
         }
         let profiles = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
             .expect("columns match fields");
