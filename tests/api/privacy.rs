@@ -462,3 +462,55 @@ async fn privacy_calls_need_the_privacy_write_scope() {
         .unwrap();
     assert_eq!(listed.status(), 200);
 }
+
+/// Resolves what is pending, as the resolver worker would (the test's app runs none).
+async fn resolve_pending(app: &TestApp) {
+    let settings = kizuna::config::Settings::load().unwrap();
+    let url = format!(
+        "postgres://postgres@{}/{}",
+        crate::helpers::pg_addr(),
+        app.db_name
+    );
+    let db = kizuna::db::Db::connect(&settings.database, &url).unwrap();
+    let rules = kizuna::identity::IdentityRules::from_settings(&settings.identity);
+    let mut client = db.conn().await.unwrap();
+    kizuna::identity::resolver::resolve_batch(&mut client, &rules, 10_000)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_back() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
+        s.identity.enabled = false;
+    })
+    .await;
+    let (_, web) = app.create_source("Web shop", "web").await;
+    send(
+        &app,
+        &web,
+        vec![json!({"type": "identify", "userId": "ada-42", "traits": {"email": EMAIL}})],
+    )
+    .await;
+    resolve_pending(&app).await;
+    let ada = app.lookup("user_id", "ada-42").await;
+    // Acknowledged before the erasure, not resolved yet: a new device, known only by the email.
+    send(&app, &web, vec![
+        json!({"type": "track", "anonymousId": "anon-late", "event": "Viewed", "context": {"traits": {"email": EMAIL}}}),
+        json!({"type": "track", "anonymousId": "someone-else", "event": "Viewed"}),
+    ]).await;
+
+    assert_eq!(erase(&app, ada["id"].as_str().unwrap()).await.status(), 204);
+    resolve_pending(&app).await;
+
+    assert_eq!(
+        status(&app, "/v1/profiles/lookup?anonymous_id=anon-late").await,
+        404
+    );
+    assert_eq!(tables_naming(&app, "anon-late").await, vec![]);
+    assert_eq!(tables_naming(&app, EMAIL).await, vec![]);
+    assert_eq!(
+        status(&app, "/v1/profiles/lookup?anonymous_id=someone-else").await,
+        200
+    );
+}
