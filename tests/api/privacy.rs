@@ -514,3 +514,45 @@ async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_bac
         200
     );
 }
+
+#[tokio::test]
+async fn a_message_that_slipped_past_the_ingest_check_is_dropped_by_the_resolver() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
+        s.identity.enabled = false;
+    })
+    .await;
+    let (source, web) = app.create_source("Web shop", "web").await;
+    send(
+        &app,
+        &web,
+        vec![json!({"type": "identify", "userId": "ada-42", "traits": {"email": EMAIL}})],
+    )
+    .await;
+    resolve_pending(&app).await;
+    let ada = app.lookup("user_id", "ada-42").await;
+    assert_eq!(erase(&app, ada["id"].as_str().unwrap()).await.status(), 204);
+    let before = app.count_events().await;
+
+    // What another instance, whose list is a moment stale, would have stored.
+    let source: uuid::Uuid = source.parse().unwrap();
+    app.db()
+        .await
+        .batch_execute(&format!(
+            "WITH e AS (INSERT INTO events (source_id, message_id, type, event, anonymous_id, ts, received_at, context)
+                        VALUES ('{source}', 'late-1', 'track', 'Viewed', 'anon-late', now(), now(),
+                                '{{\"traits\": {{\"email\": \"ada.lovelace@example.com\"}}}}')
+                        RETURNING seq, ts)
+             INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM e"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.count_events().await, before + 1);
+    resolve_pending(&app).await;
+
+    assert_eq!(app.count_events().await, before, "the resolver deleted it");
+    assert_eq!(
+        status(&app, "/v1/profiles/lookup?anonymous_id=anon-late").await,
+        404
+    );
+    assert_eq!(tables_naming(&app, "anon-late").await, vec![]);
+}
