@@ -2,7 +2,8 @@
 //! identities, traits, events, memberships, computed values and merge lineage, in one
 //! transaction — and the suppression list that keeps their identifiers from coming back. The
 //! list stores only SHA-256 hashes of `kind:normalized value`; ingest holds the set in memory and
-//! drops messages carrying a suppressed identifier before they are stored.
+//! drops messages carrying a suppressed identifier before they are stored; the resolver sweeps
+//! what slipped past that check.
 
 pub mod store;
 
@@ -12,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::identity::store::PendingEvent;
 use crate::identity::{Identifier, IdentityRules, MessageIds, ANONYMOUS_ID, USER_ID};
 use crate::ingest::message::Message;
-use tokio_postgres::Transaction;
 
 /// Taken exclusively by an erasure and shared by each resolver batch, so an erasure never
 /// interleaves with a batch that read the profiles it deletes.
