@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Seconds in-flight requests get to finish after a shutdown signal.
     pub shutdown_timeout_secs: u64,
+    /// Seconds a request may take before it is answered 503 + Retry-After; 0 = no limit.
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +72,8 @@ pub struct DatabaseSettings {
     pub embedded_dir: PathBuf,
     /// Where an unconfigured Kizuna looks for a local PostgreSQL before starting its own.
     pub probe_addr: String,
+    /// Requests that may wait for a pooled connection; beyond it 503 at once. 0 = unbounded.
+    pub max_waiting: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +91,10 @@ pub struct IngestSettings {
     pub max_batch_messages: usize,
     pub max_message_id_chars: usize,
     pub source_cache_ttl_secs: u64,
+    /// Sustained tracking requests a second per source (write key); 0 = no limit.
+    pub rate_limit_per_sec: u32,
+    /// Tracking requests a source may send at once above the sustained rate.
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

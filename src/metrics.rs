@@ -15,6 +15,7 @@ pub struct Metrics {
     pub events_rejected: IntCounter,
     pub profile_merges: IntCounter,
     pub segment_evaluation: Histogram,
+    pub requests_rate_limited: IntCounter,
     pub events_suppressed: IntCounter,
 }
 
@@ -63,6 +64,10 @@ impl Metrics {
                 .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             )
             .expect("valid metric"),
+            requests_rate_limited: counter(
+                "kizuna_requests_rate_limited_total",
+                "Tracking requests refused with 429 by a source's rate limit",
+            ),
             events_suppressed: counter(
                 "kizuna_events_suppressed_total",
                 "Messages dropped at ingest because they carry an erased (suppressed) identifier",
@@ -80,6 +85,7 @@ impl Metrics {
             Box::new(metrics.events_rejected.clone()),
             Box::new(metrics.profile_merges.clone()),
             Box::new(metrics.segment_evaluation.clone()),
+            Box::new(metrics.requests_rate_limited.clone()),
             Box::new(metrics.events_suppressed.clone()),
         ] {
             r.register(collector).expect("metric registered once");

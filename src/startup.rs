@@ -30,6 +30,8 @@ pub struct AppState {
     pub resolver_wake: Arc<Notify>,
     /// The DataFusion query layer over the columnar snapshot.
     pub query: Arc<QueryEngine>,
+    /// Per-source token buckets of the tracking API.
+    pub rate_limits: crate::ingest::rate_limit::SourceRateLimits,
     /// The suppression list of erased identifiers, as ingest checks it.
     pub suppressions: Arc<crate::privacy::Suppressions>,
 }
@@ -103,6 +105,10 @@ impl Application {
                 QueryEngine::new(db.clone())
                     .await
                     .context("starting the query engine")?,
+            ),
+            rate_limits: crate::ingest::rate_limit::SourceRateLimits::new(
+                settings.ingest.rate_limit_per_sec,
+                settings.ingest.rate_limit_burst,
             ),
             suppressions: Arc::default(),
             db,

@@ -68,25 +68,43 @@ impl EmbeddedPostgres {
                 ]))
             .context("initdb failed")?;
         }
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {}",
-            cluster.port,
-            cluster.data_dir.display()
-        );
-        run(cluster
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&cluster.data_dir)
-            .arg("-l")
-            .arg(cluster.data_dir.join("server.log"))
-            .args(["-w", "-t", "60", "-o", &options, "start"]))
-        .context("pg_ctl start failed (see server.log in the data folder)")?;
+        cluster.pg_ctl_start()?;
         tracing::warn!(
             dir = %cluster.data_dir.display(),
             port = cluster.port,
             "no database configured and none on 127.0.0.1:5432: started an embedded PostgreSQL cluster; set DATABASE_URL for production"
         );
         Ok(cluster)
+    }
+
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {}",
+            self.port,
+            self.data_dir.display()
+        );
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(self.data_dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]))
+        .context("pg_ctl start failed (see server.log in the data folder)")
+    }
+
+    /// Starts a stopped cluster again on the same port and data (for outage drills: clients
+    /// holding the old URL reconnect without being told anything).
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_ctl_start()?;
+        self.stopped
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The loopback port the cluster listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {

@@ -20,6 +20,8 @@ use crate::error::ApiError;
 pub struct Db {
     pool: Pool,
     op_timeout: Duration,
+    /// Requests allowed to queue for a connection (0: unbounded).
+    max_waiting: usize,
 }
 
 /// Why a database operation failed, split by what the client should do about it.
@@ -28,6 +30,9 @@ pub enum DbError {
     /// The server cannot be reached or did not answer in time: retry later.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// Too many requests already wait for a pooled connection: shed this one at once.
+    #[error("{0} requests are already waiting for a database connection")]
+    Saturated(usize),
     /// The server answered with an error.
     #[error(transparent)]
     Query(#[from] tokio_postgres::Error),
@@ -38,7 +43,7 @@ impl DbError {
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             DbError::Query(e) => e.code(),
-            DbError::Unavailable(_) => None,
+            DbError::Unavailable(_) | DbError::Saturated(_) => None,
         }
     }
 }
@@ -56,9 +61,28 @@ impl From<DbError> for ApiError {
                 tracing::warn!(%detail, "database unavailable");
                 ApiError::unavailable("the database is unavailable; retry later")
             }
+            DbError::Saturated(waiting) => {
+                tracing::warn!(waiting, "connection pool saturated; shedding a request");
+                ApiError::Unavailable {
+                    detail: format!(
+                        "the server is overloaded ({waiting} requests are waiting for a database connection); retry later"
+                    ),
+                    retry_after_secs: 1,
+                }
+            }
             DbError::Query(e) if is_connection_error(&e) => {
                 tracing::warn!(error = %e, "database connection lost");
                 ApiError::unavailable("the database is unavailable; retry later")
+            }
+            // Class 22 (data exception): a value the client sent that PostgreSQL cannot hold
+            // or convert (NUL in text, an out-of-range number, a malformed time): their
+            // mistake, not a server error.
+            DbError::Query(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+                let reason = e
+                    .as_db_error()
+                    .map(|db| db.message().to_string())
+                    .unwrap_or_else(|| e.to_string());
+                ApiError::BadRequest(format!("a value in the request cannot be stored: {reason}"))
             }
             DbError::Query(e) => {
                 ApiError::Internal(anyhow::Error::new(e).context("database query"))
@@ -110,6 +134,7 @@ impl Db {
         Ok(Db {
             pool,
             op_timeout: Duration::from_secs(settings.statement_timeout_secs),
+            max_waiting: settings.max_waiting,
         })
     }
 
@@ -117,9 +142,29 @@ impl Db {
         &self.pool
     }
 
-    /// A pooled connection, or `Unavailable` when none can be had in time.
+    /// A pooled connection; `Unavailable` when none can be had in time, `Saturated` at once
+    /// when `max_waiting` requests already queue for one (queueing longer only adds latency
+    /// to requests that will time out anyway).
     pub async fn conn(&self) -> Result<deadpool_postgres::Object, DbError> {
+        if self.max_waiting > 0 {
+            let waiting = self.waiting();
+            if waiting >= self.max_waiting {
+                return Err(DbError::Saturated(waiting));
+            }
+        }
         Ok(self.pool.get().await?)
+    }
+
+    /// Callers queued for a slot: every pool user beyond `max_size` (users who will create a
+    /// fresh connection are not waiting).
+    fn waiting(&self) -> usize {
+        let status = self.pool.status();
+        let users = if status.waiting > 0 {
+            status.size + status.waiting
+        } else {
+            status.size.saturating_sub(status.available)
+        };
+        users.saturating_sub(status.max_size)
     }
 
     /// Runs a request-path database operation under the time budget: a hung database becomes a

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod computed;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod privacy;
@@ -91,10 +92,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
             .content_type_required(false)
-            .limit(1024 * 1024)
-            .error_handler(|err, _| {
-                ApiError::BadRequest(format!("invalid JSON body: {err}")).into()
-            }),
+            .limit(limits::MAX_JSON_BODY_BYTES)
+            .error_handler(|err, _| limits::json_error(err).into()),
     )
     .app_data(
         web::PathConfig::default()
@@ -105,6 +104,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }))
     .service(
         web::scope("")
+            .wrap_fn(|req, srv| {
+                let limit = limits::request_time_limit(&req);
+                limits::within(limit, srv.call(req))
+            })
             .wrap_fn(|req, srv| {
                 // No clone of the request may live while the router runs (it needs it unique).
                 let started = Instant::now();

@@ -43,6 +43,36 @@ pub struct SegmentBody {
     pub definition: Value,
 }
 
+impl SegmentBody {
+    /// PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field.
+    fn check_storable(&self) -> Result<(), ApiError> {
+        fn has_nul(value: &Value) -> bool {
+            match value {
+                Value::String(s) => s.contains('\0'),
+                Value::Array(items) => items.iter().any(has_nul),
+                Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+                _ => false,
+            }
+        }
+        let nul = |field: &str| {
+            ApiError::BadRequest(format!(
+                "`{field}` contains a NUL character (\\u0000), which cannot be stored"
+            ))
+        };
+        if self
+            .description
+            .as_deref()
+            .is_some_and(|d| d.contains('\0'))
+        {
+            return Err(nul("description"));
+        }
+        if has_nul(&self.definition) {
+            return Err(nul("definition"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewBody {
@@ -69,6 +99,7 @@ pub async fn create(
     principal.require(Scope::SegmentsWrite)?;
     let body: SegmentBody = json_body(payload).await?;
     let name = valid_name(&body.name)?;
+    body.check_storable()?;
     segments::validate(&state.query, &body.definition, None).await?;
     let segment = state
         .db
@@ -135,6 +166,7 @@ pub async fn replace(
     let body: SegmentBody = json_body(payload).await?;
     let id = id.into_inner();
     let name = valid_name(&body.name)?;
+    body.check_storable()?;
     found(&state, id).await?;
     segments::validate(&state.query, &body.definition, Some(id)).await?;
     let segment = state

@@ -142,9 +142,12 @@ pub fn parse_batch(
         } else {
             let value = serde_json::from_str(raw.get())
                 .map_err(|e| IngestError::Malformed(format!("`{key}` is not valid JSON: {e}")))?;
+            reject_inexact_numbers(raw.get().as_bytes(), At(None))?;
             envelope.insert(key, value);
         }
     }
+    // The envelope's context is merged into every message: it must be storable too.
+    reject_nul(&envelope, At(None))?;
     let raw_batch = raw_batch.ok_or_else(|| {
         IngestError::Invalid("`batch` is missing: send {\"batch\": [messages...]}".into())
     })?;
@@ -175,6 +178,7 @@ pub fn parse_batch(
         }
         let map: Map<String, Value> =
             serde_json::from_str(raw.get()).map_err(|_| at.err("is not a JSON object".into()))?;
+        reject_inexact_numbers(raw.get().as_bytes(), at)?;
         messages.push(parse_message(
             map,
             None,
@@ -206,6 +210,7 @@ pub fn parse_single(
     }
     let mut map: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| IngestError::Malformed(format!("the body is not a JSON object: {e}")))?;
+    reject_inexact_numbers(body, At(None))?;
     let write_key = optional_string(&mut map, "writeKey", At(None))?;
     let message = parse_message(
         map,
@@ -443,6 +448,58 @@ fn reject_nul(map: &Map<String, Value>, at: At) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// JSON numbers that would not come back as sent: integers beyond 64 bits (serde parses them
+/// as doubles, silently rounding order ids) and numbers beyond a double (`1e400`). Scans the raw
+/// text of a body already known to be valid JSON, because the parsed value can no longer tell
+/// `123456789012345678901` from `1.2345678901234568e20`.
+fn reject_inexact_numbers(json: &[u8], at: At) -> Result<(), IngestError> {
+    let mut i = 0;
+    let mut last_key: &[u8] = b"";
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = i.min(json.len());
+                i += 1;
+                let next = json[i.min(json.len())..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace());
+                if next == Some(&b':') {
+                    last_key = &json[start..end];
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < json.len()
+                    && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&json[start..i]).unwrap_or_default();
+                let exact = if token.contains(['.', 'e', 'E']) {
+                    token.parse::<f64>().is_ok_and(f64::is_finite)
+                } else {
+                    token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()
+                };
+                if !exact {
+                    let shown: String = token.chars().take(40).collect();
+                    return Err(at.err(format!(
+                        "`{}` holds the number {shown}, which cannot be stored exactly (integers \
+                         must fit in 64 bits, other numbers in a double); send it as a string",
+                        String::from_utf8_lossy(last_key)
+                    )));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,5 +586,21 @@ mod tests {
         let body = br#"{"userId":"u","event":"A","properties":{"x":"a\u0000b"}}"#;
         let err = parse_single(body, MessageType::Track, now(), &LIMITS).unwrap_err();
         assert!(err.to_string().contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn numbers_are_kept_only_when_they_come_back_exactly() {
+        let ok = br#"{"a": 18446744073709551615, "b": -9223372036854775808, "c": 1.5e300, "d": "99999999999999999999999", "e\"": 0}"#;
+        assert!(reject_inexact_numbers(ok, At(None)).is_ok());
+        for (raw, key) in [
+            (&br#"{"order_id": 123456789012345678901}"#[..], "order_id"),
+            (br#"{"x": [1, {"n": -18446744073709551616}]}"#, "n"),
+            (br#"{"big": 1e400}"#, "big"),
+        ] {
+            let err = reject_inexact_numbers(raw, At(Some(3)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("message 3"), "{err}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! stores the request all-or-nothing, acknowledging only after commit.
 
 pub mod message;
+pub mod rate_limit;
 pub mod store;
 
 use std::io::Read;
@@ -84,7 +85,10 @@ pub async fn ingest(
     // A key in the Authorization header is checked before the body is even parsed.
     let mut source = None;
     if let Some(key) = &basic_write_key {
-        source = Some(state.write_keys.authenticate(&state.db, key).await?);
+        let auth = state.write_keys.authenticate(&state.db, key).await?;
+        // Throttled before parsing: a flooding client costs us as little as possible.
+        admit(state, auth.id)?;
+        source = Some(auth);
     }
     let parsed = match kind {
         Some(kind) => message::parse_single(body, kind, received_at, &limits),
@@ -111,7 +115,9 @@ pub async fn ingest(
                     "missing write key: send it as the HTTP Basic username or as `writeKey` in the body".into(),
                 )
             })?;
-            state.write_keys.authenticate(&state.db, key).await?
+            let auth = state.write_keys.authenticate(&state.db, key).await?;
+            admit(state, auth.id)?;
+            auth
         }
     };
     let mut request = request;
@@ -153,6 +159,22 @@ pub async fn ingest(
     state.metrics.events_ingested.inc_by(stored);
     state.metrics.events_deduplicated.inc_by(duplicates);
     Ok(Accepted { stored, duplicates })
+}
+
+/// Takes a request from the source's rate-limit bucket, or answers `429` + `Retry-After`.
+fn admit(state: &AppState, source: uuid::Uuid) -> Result<(), ApiError> {
+    state.rate_limits.check(source).map_err(|throttled| {
+        state.metrics.requests_rate_limited.inc();
+        ApiError::TooManyRequests {
+            detail: format!(
+                "this source sends more than {} requests a second (burst {}); retry after {} s",
+                state.settings.ingest.rate_limit_per_sec,
+                state.settings.ingest.rate_limit_burst,
+                throttled.retry_after_secs
+            ),
+            retry_after_secs: throttled.retry_after_secs,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod logs;
 mod operations;
 mod privacy;
 mod process;
+mod reliability;
 mod scopes;
 mod segments;
 mod tracking;
