@@ -21,14 +21,23 @@ pub struct Suppression {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn list(db: &Db, after: Option<Uuid>, limit: i64) -> Result<Vec<Suppression>, DbError> {
+/// A page of the list, optionally only one kind or one hash.
+pub async fn list(
+    db: &Db,
+    after: Option<Uuid>,
+    limit: i64,
+    kind: Option<&str>,
+    hash: Option<&[u8]>,
+) -> Result<Vec<Suppression>, DbError> {
     let rows = db
         .conn()
         .await?
         .query(
             "SELECT id, kind, value_hash, reason, created_at FROM suppressions
-             WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
-            &[&after, &limit],
+             WHERE ($1::uuid IS NULL OR id > $1) AND ($3::text IS NULL OR kind = $3)
+               AND ($4::bytea IS NULL OR value_hash = $4)
+             ORDER BY id LIMIT $2",
+            &[&after, &limit, &kind, &hash],
         )
         .await?;
     Ok(rows

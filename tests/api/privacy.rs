@@ -318,6 +318,28 @@ async fn later_messages_with_an_erased_identifier_are_dropped_and_counted_until_
         .find(|s| s["value_hash"] == email_hash.as_str())
         .expect("the email's hash is listed");
     assert_eq!(email["reason"], "erasure");
+    // An operator finds the entry of a value without knowing its hash.
+    let found = app
+        .get_json(&format!(
+            "/v1/suppressions?kind=email&value={}",
+            urlencoding::encode(" ADA.Lovelace@example.COM")
+        ))
+        .await;
+    assert_eq!(found["items"], json!([email]));
+    let users = app.get_json("/v1/suppressions?kind=user_id").await;
+    assert_eq!(
+        users["items"][0]["value_hash"],
+        hash("user_id", "ada-42").as_str()
+    );
+    assert_eq!(users["items"].as_array().unwrap().len(), 1);
+    problem(
+        app.admin(Method::GET, "/v1/suppressions?value=ada-42")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
     assert!(!list.to_string().to_lowercase().contains("lovelace"));
 
     // An SDK sends Ada again: acknowledged as usual, but nothing of hers is stored.
