@@ -187,9 +187,6 @@ pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-/// The most a JSON body of the admin, profile and segment APIs may be.
-const MAX_JSON_BODY: usize = 1024 * 1024;
-
 /// Reads and parses a JSON body. Handlers call it only after `caller.require(…)`, so a caller
 /// without the scope gets 403 whatever it sent, and a malformed body is 400 only for one with it
 /// (an extractor would parse the body before the handler could check the scope).
@@ -201,9 +198,10 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
-        if body.len() + chunk.len() > MAX_JSON_BODY {
+        if body.len() + chunk.len() > limits::MAX_JSON_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge(format!(
-                "the request body is more than {MAX_JSON_BODY} bytes"
+                "the JSON body is larger than the {} bytes this endpoint accepts",
+                limits::MAX_JSON_BODY_BYTES
             )));
         }
         body.extend_from_slice(&chunk);

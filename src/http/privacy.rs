@@ -1,6 +1,7 @@
 //! Privacy (API.md §7): erasing a profile and the suppression list. Scope `privacy:write`.
 
 use actix_web::{web, HttpResponse};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{page_of, resource, Page, PageQuery};
@@ -58,20 +59,64 @@ pub async fn erase_profile(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SuppressionParams {
+    /// Items a page (1–1000, default 100).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only this identifier kind (user_id, anonymous_id, email, phone or an externalId type).
+    pub kind: Option<String>,
+    /// With `kind`: only the suppression of this value, normalized as identity resolution
+    /// normalizes it (so an operator can find the entry to lift for a given email).
+    pub value: Option<String>,
+}
+
 /// The suppression list: hashes of erased identifiers, oldest first.
-#[utoipa::path(get, path = "/v1/suppressions", tag = "privacy", params(PageQuery),
+#[utoipa::path(get, path = "/v1/suppressions", tag = "privacy", params(SuppressionParams),
     responses((status = 200, body = Page<Suppression>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = ["privacy:write"])))]
 pub async fn list_suppressions(
     principal: Principal,
     state: web::Data<AppState>,
-    query: web::Query<PageQuery>,
+    params: web::Query<SuppressionParams>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::PrivacyWrite)?;
-    let limit = query.limit()?;
+    let params = params.into_inner();
+    let page = PageQuery {
+        limit: params.limit,
+        cursor: params.cursor,
+    };
+    let limit = page.limit()?;
+    let kind = params.kind.map(|k| k.trim().to_lowercase());
+    let hash = match (&kind, &params.value) {
+        (_, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "`value` needs `kind`, e.g. ?kind=email&value=ada@example.com".into(),
+            ))
+        }
+        (Some(kind), Some(raw)) => match state.rules.normalize(kind, raw) {
+            Some(value) => Some(privacy::identifier_hash(kind, &value).to_vec()),
+            // A blocked or unusable value identifies no one, so nothing suppresses it.
+            None => {
+                return Ok(HttpResponse::Ok().json(Page::<Suppression> {
+                    items: Vec::new(),
+                    next_cursor: None,
+                }))
+            }
+        },
+    };
     let items = state
         .db
-        .timed(store::list(&state.db, query.uuid_cursor()?, limit + 1))
+        .timed(store::list(
+            &state.db,
+            page.uuid_cursor()?,
+            limit + 1,
+            kind.as_deref(),
+            hash.as_deref(),
+        ))
         .await?;
     Ok(HttpResponse::Ok().json(page_of(items, limit, |s| s.id.to_string())))
 }

@@ -36,6 +36,8 @@ pub struct Resolver {
 pub struct BatchOutcome {
     pub events: usize,
     pub merges: usize,
+    /// Events deleted instead of resolved: they carry a suppressed (erased) identifier.
+    pub suppressed: usize,
 }
 
 impl Resolver {
@@ -77,6 +79,9 @@ impl Resolver {
             }
             let outcome = resolve_batch(&mut client, &self.rules, self.batch_size).await?;
             self.metrics.profile_merges.inc_by(outcome.merges as u64);
+            self.metrics
+                .events_suppressed
+                .inc_by(outcome.suppressed as u64);
             if (outcome.events as i64) < self.batch_size {
                 tokio::select! {
                     _ = self.wake.notified() => {}
@@ -277,6 +282,8 @@ pub async fn resolve_batch(
     if events.is_empty() {
         return Ok(BatchOutcome::default());
     }
+    let taken = events.len();
+    let (events, suppressed) = crate::privacy::sweep_pending(&tx, rules, events).await?;
     let read = started.elapsed();
 
     // Every identifier the batch could touch, looked up at once (aliases both ways).
@@ -337,8 +344,9 @@ pub async fn resolve_batch(
         "resolved a batch"
     );
     Ok(BatchOutcome {
-        events: events.len(),
+        events: taken,
         merges: batch.merges.len(),
+        suppressed,
     })
 }
 

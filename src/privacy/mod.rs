@@ -2,7 +2,8 @@
 //! identities, traits, events, memberships, computed values and merge lineage, in one
 //! transaction — and the suppression list that keeps their identifiers from coming back. The
 //! list stores only SHA-256 hashes of `kind:normalized value`; ingest holds the set in memory and
-//! drops messages carrying a suppressed identifier before they are stored.
+//! drops messages carrying a suppressed identifier before they are stored; the resolver sweeps
+//! what slipped past that check.
 
 pub mod store;
 
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
+use crate::identity::store::PendingEvent;
 use crate::identity::{Identifier, IdentityRules, MessageIds, ANONYMOUS_ID, USER_ID};
 use crate::ingest::message::Message;
 
@@ -99,23 +102,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
     let pending = crate::identity::store::pending_events(&tx, i64::MAX).await?;
     let carrying: Vec<i64> = pending
         .iter()
-        .filter(|e| {
-            [USER_ID, ANONYMOUS_ID].into_iter().any(|previous_kind| {
-                let ids = MessageIds {
-                    user_id: e.user_id.as_deref(),
-                    anonymous_id: e.anonymous_id.as_deref(),
-                    previous_id: e.previous_id.as_deref(),
-                    previous_kind,
-                    traits: e.traits.as_ref().and_then(Value::as_object),
-                    context_traits: e.context_traits.as_ref().and_then(Value::as_object),
-                    external_ids: e.external_ids.as_ref(),
-                };
-                rules
-                    .extract(&ids)
-                    .iter()
-                    .any(|i| hashes.contains(&identifier_hash(&i.kind, &i.value)))
-            })
-        })
+        .filter(|e| pending_hashes(e, rules).iter().any(|h| hashes.contains(h)))
         .map(|e| e.seq)
         .collect();
 
@@ -136,6 +123,65 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
         deleted,
         suppressed,
     })
+}
+
+/// The hashes of every identifier a pending event carries, read both ways an alias can be.
+fn pending_hashes(event: &PendingEvent, rules: &IdentityRules) -> Vec<IdentifierHash> {
+    [USER_ID, ANONYMOUS_ID]
+        .into_iter()
+        .flat_map(|previous_kind| {
+            rules.extract(&MessageIds {
+                user_id: event.user_id.as_deref(),
+                anonymous_id: event.anonymous_id.as_deref(),
+                previous_id: event.previous_id.as_deref(),
+                previous_kind,
+                traits: event.traits.as_ref().and_then(Value::as_object),
+                context_traits: event.context_traits.as_ref().and_then(Value::as_object),
+                external_ids: event.external_ids.as_ref(),
+            })
+        })
+        .map(|i| identifier_hash(&i.kind, &i.value))
+        .collect()
+}
+
+/// The resolver's backstop behind ingest's in-memory check (which may be a moment stale, or
+/// have raced an erasure): inside the resolver's transaction, after the erasure lock, events
+/// carrying a suppressed identifier are deleted instead of resolved. Costs one small query a
+/// batch while the list is empty, and one index lookup more when it is not.
+pub async fn sweep_pending(
+    tx: &Transaction<'_>,
+    rules: &IdentityRules,
+    events: Vec<PendingEvent>,
+) -> Result<(Vec<PendingEvent>, usize), tokio_postgres::Error> {
+    if !store::any_suppressed(tx).await? {
+        return Ok((events, 0));
+    }
+    let carried: Vec<Vec<IdentifierHash>> =
+        events.iter().map(|e| pending_hashes(e, rules)).collect();
+    let all: Vec<Vec<u8>> = carried
+        .iter()
+        .flatten()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(|h| h.to_vec())
+        .collect();
+    let suppressed: HashSet<Vec<u8>> = store::suppressed_among(tx, &all)
+        .await?
+        .into_iter()
+        .collect();
+    if suppressed.is_empty() {
+        return Ok((events, 0));
+    }
+    let (mut kept, mut dropped) = (Vec::with_capacity(events.len()), Vec::new());
+    for (event, hashes) in events.into_iter().zip(&carried) {
+        if hashes.iter().any(|h| suppressed.contains(h.as_slice())) {
+            dropped.push(event.seq);
+        } else {
+            kept.push(event);
+        }
+    }
+    store::delete_events(tx, &dropped).await?;
+    Ok((kept, dropped.len()))
 }
 
 struct Loaded {

@@ -21,14 +21,23 @@ pub struct Suppression {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn list(db: &Db, after: Option<Uuid>, limit: i64) -> Result<Vec<Suppression>, DbError> {
+/// A page of the list, optionally only one kind or one hash.
+pub async fn list(
+    db: &Db,
+    after: Option<Uuid>,
+    limit: i64,
+    kind: Option<&str>,
+    hash: Option<&[u8]>,
+) -> Result<Vec<Suppression>, DbError> {
     let rows = db
         .conn()
         .await?
         .query(
             "SELECT id, kind, value_hash, reason, created_at FROM suppressions
-             WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
-            &[&after, &limit],
+             WHERE ($1::uuid IS NULL OR id > $1) AND ($3::text IS NULL OR kind = $3)
+               AND ($4::bytea IS NULL OR value_hash = $4)
+             ORDER BY id LIMIT $2",
+            &[&after, &limit, &kind, &hash],
         )
         .await?;
     Ok(rows
@@ -244,4 +253,39 @@ pub async fn vanished(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether the suppression list has any entry.
+pub async fn any_suppressed(tx: &Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM suppressions)", &[])
+        .await?
+        .get(0))
+}
+
+/// The hashes among `hashes` that are suppressed.
+pub async fn suppressed_among(
+    tx: &Transaction<'_>,
+    hashes: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT value_hash FROM suppressions WHERE value_hash = ANY($1)",
+            &[&hashes],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes events (and their `event_profiles` rows) that must not be kept.
+pub async fn delete_events(
+    tx: &Transaction<'_>,
+    seqs: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "WITH gone AS (DELETE FROM event_profiles WHERE seq = ANY($1) RETURNING seq)
+         DELETE FROM events WHERE seq IN (SELECT seq FROM gone)",
+        &[&seqs],
+    )
+    .await
 }

@@ -150,6 +150,14 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+    let missing_phone = client
+        .get(format!("{base}/v1/profiles/lookup"))
+        .query(&[("phone", "202.555.0199")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing_phone.status(), 404);
     let refused = client
         .get(format!("{base}/v1/profiles/lookup?email=x"))
         .bearer_auth(BAD_TOKEN)
@@ -201,6 +209,8 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
         "%2B12025550147".to_string(),
         "2025550147".to_string(),
         "555-0147".to_string(),
+        "555.0199".to_string(),
+        "2025550199".to_string(),
     ];
     (output, secrets)
 }

@@ -318,6 +318,28 @@ async fn later_messages_with_an_erased_identifier_are_dropped_and_counted_until_
         .find(|s| s["value_hash"] == email_hash.as_str())
         .expect("the email's hash is listed");
     assert_eq!(email["reason"], "erasure");
+    // An operator finds the entry of a value without knowing its hash.
+    let found = app
+        .get_json(&format!(
+            "/v1/suppressions?kind=email&value={}",
+            urlencoding::encode(" ADA.Lovelace@example.COM")
+        ))
+        .await;
+    assert_eq!(found["items"], json!([email]));
+    let users = app.get_json("/v1/suppressions?kind=user_id").await;
+    assert_eq!(
+        users["items"][0]["value_hash"],
+        hash("user_id", "ada-42").as_str()
+    );
+    assert_eq!(users["items"].as_array().unwrap().len(), 1);
+    problem(
+        app.admin(Method::GET, "/v1/suppressions?value=ada-42")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
     assert!(!list.to_string().to_lowercase().contains("lovelace"));
 
     // An SDK sends Ada again: acknowledged as usual, but nothing of hers is stored.
@@ -461,4 +483,98 @@ async fn privacy_calls_need_the_privacy_write_scope() {
         .await
         .unwrap();
     assert_eq!(listed.status(), 200);
+}
+
+/// Resolves what is pending, as the resolver worker would (the test's app runs none).
+async fn resolve_pending(app: &TestApp) {
+    let settings = kizuna::config::Settings::load().unwrap();
+    let url = format!(
+        "postgres://postgres@{}/{}",
+        crate::helpers::pg_addr(),
+        app.db_name
+    );
+    let db = kizuna::db::Db::connect(&settings.database, &url).unwrap();
+    let rules = kizuna::identity::IdentityRules::from_settings(&settings.identity);
+    let mut client = db.conn().await.unwrap();
+    kizuna::identity::resolver::resolve_batch(&mut client, &rules, 10_000)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_back() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
+        s.identity.enabled = false;
+    })
+    .await;
+    let (_, web) = app.create_source("Web shop", "web").await;
+    send(
+        &app,
+        &web,
+        vec![json!({"type": "identify", "userId": "ada-42", "traits": {"email": EMAIL}})],
+    )
+    .await;
+    resolve_pending(&app).await;
+    let ada = app.lookup("user_id", "ada-42").await;
+    // Acknowledged before the erasure, not resolved yet: a new device, known only by the email.
+    send(&app, &web, vec![
+        json!({"type": "track", "anonymousId": "anon-late", "event": "Viewed", "context": {"traits": {"email": EMAIL}}}),
+        json!({"type": "track", "anonymousId": "someone-else", "event": "Viewed"}),
+    ]).await;
+
+    assert_eq!(erase(&app, ada["id"].as_str().unwrap()).await.status(), 204);
+    resolve_pending(&app).await;
+
+    assert_eq!(
+        status(&app, "/v1/profiles/lookup?anonymous_id=anon-late").await,
+        404
+    );
+    assert_eq!(tables_naming(&app, "anon-late").await, vec![]);
+    assert_eq!(tables_naming(&app, EMAIL).await, vec![]);
+    assert_eq!(
+        status(&app, "/v1/profiles/lookup?anonymous_id=someone-else").await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_slipped_past_the_ingest_check_is_dropped_by_the_resolver() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
+        s.identity.enabled = false;
+    })
+    .await;
+    let (source, web) = app.create_source("Web shop", "web").await;
+    send(
+        &app,
+        &web,
+        vec![json!({"type": "identify", "userId": "ada-42", "traits": {"email": EMAIL}})],
+    )
+    .await;
+    resolve_pending(&app).await;
+    let ada = app.lookup("user_id", "ada-42").await;
+    assert_eq!(erase(&app, ada["id"].as_str().unwrap()).await.status(), 204);
+    let before = app.count_events().await;
+
+    // What another instance, whose list is a moment stale, would have stored.
+    let source: uuid::Uuid = source.parse().unwrap();
+    app.db()
+        .await
+        .batch_execute(&format!(
+            "WITH e AS (INSERT INTO events (source_id, message_id, type, event, anonymous_id, ts, received_at, context)
+                        VALUES ('{source}', 'late-1', 'track', 'Viewed', 'anon-late', now(), now(),
+                                '{{\"traits\": {{\"email\": \"ada.lovelace@example.com\"}}}}')
+                        RETURNING seq, ts)
+             INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM e"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.count_events().await, before + 1);
+    resolve_pending(&app).await;
+
+    assert_eq!(app.count_events().await, before, "the resolver deleted it");
+    assert_eq!(
+        status(&app, "/v1/profiles/lookup?anonymous_id=anon-late").await,
+        404
+    );
+    assert_eq!(tables_naming(&app, "anon-late").await, vec![]);
 }
