@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod identity;
 pub mod ingest;

@@ -100,7 +100,8 @@ impl Application {
             query: Arc::new(
                 QueryEngine::new(db.clone())
                     .await
-                    .context("starting the query engine")?,
+                    .context("starting the query engine")?
+                    .with_health(settings.health.clone()),
             ),
             db,
             settings,

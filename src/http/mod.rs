@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod computed;
+pub mod health;
 pub mod openapi;
 pub mod ops;
 pub mod profiles;
@@ -133,6 +134,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(profiles::routes)
             .configure(segments::routes)
             .configure(computed::routes)
+            .configure(health::routes)
             .configure(ops::routes)
             .default_service(web::to(not_found)),
     );

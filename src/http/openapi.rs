@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, computed, ops, profiles, segments, tracking};
+use super::{admin, computed, health, ops, profiles, segments, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{admin, computed, ops, profiles, segments, tracking};
         segments::create, segments::list, segments::get, segments::replace, segments::delete,
         segments::preview, segments::evaluate, segments::members, segments::history,
         computed::create, computed::list, computed::delete, computed::refresh,
+        health::health,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&Security)
