@@ -13,7 +13,7 @@ mod udf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::functions::core::expr_fn::greatest;
@@ -21,8 +21,7 @@ use datafusion::functions::expr_fn::{coalesce, concat, lower};
 use datafusion::functions::math::expr_fn::{floor, round};
 use datafusion::functions_aggregate::expr_fn::{array_agg, count, max, median, min, sum};
 use datafusion::functions_aggregate::first_last::last_value_udaf;
-use datafusion::functions_window::expr_fn::rank;
-use datafusion::logical_expr::{cast, not, when, Expr, ExprFunctionExt, JoinType, SortExpr};
+use datafusion::logical_expr::{cast, not, when, Expr, ExprFunctionExt};
 use datafusion::prelude::{col, lit, DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 
@@ -156,78 +155,11 @@ async fn compute(
     let profiles = ctx.table("profiles").await?;
     let partitions = ctx.state().config().target_partitions().max(1);
 
-    // Orders: gross value, count, last time and the usual interval between them.
-    let value = udf::pick_number(col("properties"), &s.order_value_properties);
-    let mut orders = events
-        .clone()
-        .filter(col("event").eq(lit(s.order_event.as_str())))?
-        .aggregate(
-            vec![col("profile_id")],
-            vec![
-                sum(value.clone()).alias("gross"),
-                count(lit(1)).alias("orders"),
-                max(col("ts")).alias("last_order_at"),
-                array_agg(micros("ts")).alias("times"),
-            ],
-        )?
-        .select(vec![
-            col("profile_id").alias("o_id"),
-            coalesce(vec![col("gross"), lit(0.0)]).alias("gross"),
-            col("orders"),
-            col("last_order_at"),
-            udf::median_gap_days(col("times")).alias("gap_days"),
-        ])?;
-    let refunded = if s.refund_event.is_empty() {
-        lit(0.0)
-    } else {
-        let refunds = events
-            .clone()
-            .filter(col("event").eq(lit(s.refund_event.as_str())))?
-            .aggregate(vec![col("profile_id")], vec![sum(value).alias("refunded")])?
-            .select(vec![col("profile_id").alias("r_id"), col("refunded")])?;
-        orders = orders.join(refunds, JoinType::Left, &["o_id"], &["r_id"], None)?;
-        coalesce(vec![col("refunded"), lit(0.0)])
-    };
-
-    // Surveys: each profile's latest valid NPS and CSAT answers.
-    let surveys = events
-        .clone()
-        .filter(col("event").eq(lit(s.survey_event.as_str())))?
-        .select(vec![
-            col("profile_id"),
-            col("ts"),
-            lower(udf::pick_text(col("properties"), &s.survey_property)).alias("survey"),
-            udf::pick_number(col("properties"), std::slice::from_ref(&s.score_property))
-                .alias("score"),
-        ])?;
-    let latest = |survey: &str, low: f64, high: f64| -> Result<Expr, QueryError> {
-        let valid = col("survey")
-            .eq(lit(survey.to_lowercase()))
-            .and(col("score").between(lit(low), lit(high)));
-        Ok(last_value_udaf()
-            .call(vec![col("score")])
-            .order_by(vec![col("ts").sort(true, false)])
-            .filter(valid)
-            .build()?)
-    };
-    let surveys = surveys
-        .aggregate(
-            vec![col("profile_id")],
-            vec![
-                latest(&s.nps_survey, 0.0, 10.0)?.alias("nps"),
-                latest(&s.csat_survey, 1.0, 5.0)?.alias("csat"),
-            ],
-        )?
-        .select(vec![
-            col("profile_id").alias("s_id"),
-            cast(round(vec![col("nps")]), DataType::Int64).alias("nps_score"),
-            cast(round(vec![col("csat")]), DataType::Int64).alias("csat_score"),
-        ])?;
-
     // Tickets: minutes from opening to the first response, per answered ticket.
     let mut ticket_events = vec![lit(s.ticket_created_event.as_str())];
     ticket_events.extend(s.ticket_response_events.iter().map(|e| lit(e.as_str())));
     let tickets = events
+        .clone()
         .filter(col("event").in_list(ticket_events, false))?
         .select(vec![
             col("profile_id"),
@@ -261,94 +193,181 @@ async fn compute(
             ) / lit(MICROS_PER_MINUTE))
             .alias("minutes"),
         ])?;
+    let started = std::time::Instant::now();
     let ticket_schema = Arc::new(tickets.schema().as_arrow().clone());
     let tickets = table(tickets.collect().await?, partitions, ticket_schema)?;
-    let responses = ctx
-        .read_table(tickets.clone())?
-        .aggregate(
-            vec![col("profile_id")],
-            vec![median(col("minutes")).alias("response")],
-        )?
-        .select(vec![col("profile_id").alias("t_id"), col("response")])?;
+    let tickets_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    // One row per live profile with the raw figures.
-    let clv = when(
-        col("orders").is_not_null(),
-        round(vec![
-            greatest(vec![col("gross") - refunded, lit(0.0)]),
-            lit(2i64),
-        ]),
-    )
-    .end()?;
-    let raw = profiles
-        .select(vec![
-            col("id").alias("profile_id"),
-            days_since("last_seen", now).alias("days_since_last_seen"),
-        ])?
-        .join(orders, JoinType::Left, &["profile_id"], &["o_id"], None)?
-        .join(surveys, JoinType::Left, &["profile_id"], &["s_id"], None)?
-        .join(responses, JoinType::Left, &["profile_id"], &["t_id"], None)?
-        .select(vec![
-            col("profile_id"),
-            clv.alias("clv"),
-            col("orders"),
-            round(vec![
-                col("gross") / cast(col("orders"), DataType::Float64),
-                lit(2i64),
-            ])
-            .alias("avg_order_value"),
-            col("last_order_at"),
-            days_since("last_order_at", now).alias("order_days"),
-            col("gap_days"),
-            col("nps_score"),
-            col("csat_score"),
-            round(vec![col("response"), lit(2i64)]).alias("first_response_minutes"),
-            col("days_since_last_seen"),
-        ])?;
-    let raw_schema = Arc::new(raw.schema().as_arrow().clone());
-    let raw = raw.collect().await?;
-
-    // Population-relative figures need every buyer at once.
-    let buyers: usize = raw
-        .iter()
-        .map(|b| {
-            b.column_by_name("orders")
-                .map_or(0, |c| c.len() - c.null_count())
-        })
-        .sum();
-    let raw = ctx.read_table(table(raw, partitions, raw_schema)?)?;
-    let is_buyer = col("orders").is_not_null();
-    let quintile = |order: SortExpr| -> Result<Expr, QueryError> {
-        // Ties share the rank of the first of them, so they land in the same quintile.
-        let rank = rank()
-            .partition_by(vec![is_buyer.clone()])
-            .order_by(vec![order])
-            .build()?;
-        let share =
-            (cast(rank, DataType::Float64) - lit(1.0)) * lit(5.0) / lit(buyers.max(1) as f64);
+    // Every fact about a profile becomes one row of the same shape (profile rows carry
+    // `last_seen`, orders `order_ts` and `amount`, …), so one aggregate by profile gathers them
+    // all: no join of a million profiles with each kind of event.
+    let time = || lit(ScalarValue::TimestampMicrosecond(None, Some("UTC".into())));
+    let number = || lit(ScalarValue::Float64(None));
+    let facts_of_profiles = profiles.select(vec![
+        col("id").alias("profile_id"),
+        col("last_seen"),
+        time().alias("order_ts"),
+        number().alias("amount"),
+        number().alias("refund"),
+        time().alias("answered_at"),
+        number().alias("nps"),
+        number().alias("csat"),
+        number().alias("minutes"),
+    ])?;
+    let facts_of_tickets = ctx.read_table(tickets.clone())?.select(vec![
+        col("profile_id"),
+        time().alias("last_seen"),
+        time().alias("order_ts"),
+        number().alias("amount"),
+        number().alias("refund"),
+        time().alias("answered_at"),
+        number().alias("nps"),
+        number().alias("csat"),
+        col("minutes"),
+    ])?;
+    let is = |event: &str| col("event").eq(lit(event));
+    let mut named = vec![lit(s.order_event.as_str()), lit(s.survey_event.as_str())];
+    if !s.refund_event.is_empty() {
+        named.push(lit(s.refund_event.as_str()));
+    }
+    let value = udf::pick_number(col("properties"), &s.order_value_properties);
+    let score = udf::pick_number(col("properties"), std::slice::from_ref(&s.score_property));
+    let survey = lower(udf::pick_text(col("properties"), &s.survey_property));
+    let answer = |name: &str, low: f64, high: f64| -> Result<Expr, QueryError> {
         Ok(when(
-            is_buyer.clone(),
-            cast(floor(share), DataType::Int64) + lit(1i64),
+            col("survey")
+                .eq(lit(name.to_lowercase()))
+                .and(col("score").between(lit(low), lit(high))),
+            col("score"),
         )
         .end()?)
     };
-    let scored = raw.select(vec![
+    let facts_of_events = events
+        .filter(col("event").in_list(named, false))?
+        .select(vec![
+            col("profile_id"),
+            col("event"),
+            col("ts"),
+            when(is(&s.order_event).or(is(&s.refund_event)), value)
+                .end()?
+                .alias("value"),
+            when(is(&s.survey_event), survey).end()?.alias("survey"),
+            when(is(&s.survey_event), score).end()?.alias("score"),
+        ])?
+        .select(vec![
+            col("profile_id"),
+            time().alias("last_seen"),
+            when(is(&s.order_event), col("ts")).end()?.alias("order_ts"),
+            // An order without a value still counts as an order, worth nothing.
+            when(is(&s.order_event), coalesce(vec![col("value"), lit(0.0)]))
+                .end()?
+                .alias("amount"),
+            when(is(&s.refund_event), col("value"))
+                .end()?
+                .alias("refund"),
+            when(is(&s.survey_event), col("ts"))
+                .end()?
+                .alias("answered_at"),
+            answer(&s.nps_survey, 0.0, 10.0)?.alias("nps"),
+            answer(&s.csat_survey, 1.0, 5.0)?.alias("csat"),
+            number().alias("minutes"),
+        ])?;
+    let latest = |answer: &str| -> Result<Expr, QueryError> {
+        Ok(last_value_udaf()
+            .call(vec![col(answer)])
+            .order_by(vec![col("answered_at").sort(true, false)])
+            .filter(col(answer).is_not_null())
+            .build()?)
+    };
+    let raw = facts_of_profiles
+        .union(facts_of_tickets)?
+        .union(facts_of_events)?
+        .aggregate(
+            vec![col("profile_id")],
+            vec![
+                max(col("last_seen")).alias("last_seen"),
+                sum(col("amount")).alias("gross"),
+                count(col("order_ts")).alias("order_count"),
+                max(col("order_ts")).alias("last_order_at"),
+                array_agg(micros("order_ts"))
+                    .filter(col("order_ts").is_not_null())
+                    .build()?
+                    .alias("times"),
+                sum(col("refund")).alias("refunded"),
+                latest("nps")?.alias("nps"),
+                latest("csat")?.alias("csat"),
+                median(col("minutes")).alias("response"),
+            ],
+        )?
+        // Events of a profile no longer live (erased) have no profile row.
+        .filter(col("last_seen").is_not_null())?;
+
+    let bought = col("order_count").gt(lit(0i64));
+    let clv = round(vec![
+        greatest(vec![
+            col("gross") - coalesce(vec![col("refunded"), lit(0.0)]),
+            lit(0.0),
+        ]),
+        lit(2i64),
+    ]);
+    let raw = raw.select(vec![
         col("profile_id"),
-        col("clv"),
-        col("orders"),
-        col("avg_order_value"),
+        when(bought.clone(), clv).end()?.alias("clv"),
+        when(bought.clone(), col("order_count"))
+            .end()?
+            .alias("orders"),
+        when(
+            bought.clone(),
+            round(vec![
+                col("gross") / cast(col("order_count"), DataType::Float64),
+                lit(2i64),
+            ]),
+        )
+        .end()?
+        .alias("avg_order_value"),
         col("last_order_at"),
-        col("order_days"),
-        col("gap_days"),
-        col("nps_score"),
-        col("csat_score"),
-        col("first_response_minutes"),
-        col("days_since_last_seen"),
-        // Recency: the longest ago ranks first (worst); frequency and monetary: the least.
-        quintile(col("order_days").sort(false, true))?.alias("rfm_recency"),
-        quintile(col("orders").sort(true, true))?.alias("rfm_frequency"),
-        quintile(col("clv").sort(true, true))?.alias("rfm_monetary"),
+        days_since("last_order_at", now).alias("order_days"),
+        udf::median_gap_days(col("times")).alias("gap_days"),
+        cast(round(vec![col("nps")]), DataType::Int64).alias("nps_score"),
+        cast(round(vec![col("csat")]), DataType::Int64).alias("csat_score"),
+        round(vec![col("response"), lit(2i64)]).alias("first_response_minutes"),
+        days_since("last_seen", now).alias("days_since_last_seen"),
     ])?;
+    let started = std::time::Instant::now();
+    let raw_schema = Arc::new(raw.schema().as_arrow().clone());
+    let raw = raw.collect().await?;
+    let per_profile_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    // RFM scores rank each buyer against every other: one sort per figure over the figure's
+    // column alone (a window function would carry every column through each sort).
+    let raw = datafusion::arrow::compute::concat_batches(&raw_schema, &raw).map_err(arrow)?;
+    let scores = [
+        // Recency: fewer days since the last order is better.
+        quintiles(&raw, "order_days", true)?,
+        quintiles(&raw, "orders", false)?,
+        quintiles(&raw, "clv", false)?,
+    ];
+    let mut fields: Vec<_> = raw_schema.fields().iter().cloned().collect();
+    let mut columns = raw.columns().to_vec();
+    for (name, score) in ["rfm_recency", "rfm_frequency", "rfm_monetary"]
+        .into_iter()
+        .zip(scores)
+    {
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            name,
+            DataType::Int64,
+            true,
+        )));
+        columns.push(Arc::new(score));
+    }
+    let scored_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    let scored = RecordBatch::try_new(scored_schema.clone(), columns).map_err(arrow)?;
+    let scored = ctx.read_table(table(
+        slices(&scored, partitions),
+        partitions,
+        scored_schema,
+    )?)?;
+    let is_buyer = col("orders").is_not_null();
 
     let [low, medium, high] = s.churn_risk_multiples;
     let interval = when(
@@ -404,13 +423,74 @@ async fn compute(
         col("rfm_monetary"),
         tier.alias("loyalty_tier"),
     ])?;
+    let started = std::time::Instant::now();
     let schema: SchemaRef = Arc::new(done.schema().as_arrow().clone());
     let batches = done.collect().await?;
+    tracing::debug!(
+        tickets_ms,
+        per_profile_ms,
+        population_ms = started.elapsed().as_secs_f64() * 1e3,
+        "customer-health built-in phases"
+    );
     Ok(BuiltIns {
         computed_at: now,
         profiles: table(batches, partitions, schema)?,
         tickets,
     })
+}
+
+/// The 1–5 quintile of each row's `column` among the rows that have a value (null for the
+/// others): quintile = 1 + ⌊5 × (rank − 1) / n⌋, where rank is 1 + the number of rows with a
+/// strictly worse value, so tied rows share a rank and a quintile.
+fn quintiles(
+    batch: &RecordBatch,
+    column: &str,
+    lower_is_better: bool,
+) -> Result<datafusion::arrow::array::Int64Array, QueryError> {
+    use datafusion::arrow::array::{Array, Int64Array};
+    let values = batch
+        .column_by_name(column)
+        .map(|c| datafusion::arrow::compute::cast(c, &DataType::Float64))
+        .transpose()
+        .map_err(arrow)?
+        .ok_or_else(|| {
+            QueryError::Engine(datafusion::error::DataFusionError::Internal(format!(
+                "no column {column} to score"
+            )))
+        })?;
+    let values = values.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+    // Worst first.
+    let mut order: Vec<(f64, usize)> = (0..values.len())
+        .filter(|i| values.is_valid(*i))
+        .map(|i| {
+            let v = values.value(i);
+            (if lower_is_better { -v } else { v }, i)
+        })
+        .collect();
+    order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let n = order.len().max(1) as f64;
+    let mut out: Vec<Option<i64>> = vec![None; values.len()];
+    let mut first_of_tie = 0;
+    for (position, (value, row)) in order.iter().enumerate() {
+        if *value != order[first_of_tie].0 {
+            first_of_tie = position;
+        }
+        out[*row] = Some(1 + (5.0 * first_of_tie as f64 / n).floor() as i64);
+    }
+    Ok(Int64Array::from(out))
+}
+
+fn arrow(err: datafusion::arrow::error::ArrowError) -> QueryError {
+    QueryError::Engine(err.into())
+}
+
+/// `batch` cut into about `parts` zero-copy slices.
+fn slices(batch: &RecordBatch, parts: usize) -> Vec<RecordBatch> {
+    let size = batch.num_rows().div_ceil(parts.max(1)).max(1);
+    (0..batch.num_rows())
+        .step_by(size)
+        .map(|start| batch.slice(start, size.min(batch.num_rows() - start)))
+        .collect()
 }
 
 /// Batches dealt into `partitions` partitions so scans over them run in parallel.
