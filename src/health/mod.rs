@@ -156,11 +156,14 @@ async fn compute(
     let partitions = ctx.state().config().target_partitions().max(1);
 
     // Tickets: minutes from opening to the first response, per answered ticket.
-    let mut ticket_events = vec![lit(s.ticket_created_event.as_str())];
-    ticket_events.extend(s.ticket_response_events.iter().map(|e| lit(e.as_str())));
+    // Equalities rather than IN: a short OR of them is cheaper than hashing every event name.
+    let ticket_event = s.ticket_response_events.iter().fold(
+        col("event").eq(lit(s.ticket_created_event.as_str())),
+        |any, e| any.or(col("event").eq(lit(e.as_str()))),
+    );
     let tickets = events
         .clone()
-        .filter(col("event").in_list(ticket_events, false))?
+        .filter(ticket_event)?
         .select(vec![
             col("profile_id"),
             udf::pick_text(col("properties"), &s.ticket_id_property).alias("ticket"),
@@ -225,14 +228,33 @@ async fn compute(
         number().alias("csat"),
         col("minutes"),
     ])?;
-    let is = |event: &str| col("event").eq(lit(event));
-    let mut named = vec![lit(s.order_event.as_str()), lit(s.survey_event.as_str())];
-    if !s.refund_event.is_empty() {
-        named.push(lit(s.refund_event.as_str()));
-    }
-    let value = udf::pick_number(col("properties"), &s.order_value_properties);
-    let score = udf::pick_number(col("properties"), std::slice::from_ref(&s.score_property));
-    let survey = lower(udf::pick_text(col("properties"), &s.survey_property));
+    // Each kind of event is its own branch, so each event's JSON is read once, for the
+    // properties its kind has.
+    let of_event = |event: &str| events.clone().filter(col("event").eq(lit(event)));
+    let value = || udf::pick_number(col("properties"), &s.order_value_properties);
+    let facts_of_orders = of_event(&s.order_event)?.select(vec![
+        col("profile_id"),
+        time().alias("last_seen"),
+        col("ts").alias("order_ts"),
+        // An order without a value still counts as an order, worth nothing.
+        coalesce(vec![value(), lit(0.0)]).alias("amount"),
+        number().alias("refund"),
+        time().alias("answered_at"),
+        number().alias("nps"),
+        number().alias("csat"),
+        number().alias("minutes"),
+    ])?;
+    let facts_of_refunds = of_event(&s.refund_event)?.select(vec![
+        col("profile_id"),
+        time().alias("last_seen"),
+        time().alias("order_ts"),
+        number().alias("amount"),
+        value().alias("refund"),
+        time().alias("answered_at"),
+        number().alias("nps"),
+        number().alias("csat"),
+        number().alias("minutes"),
+    ])?;
     let answer = |name: &str, low: f64, high: f64| -> Result<Expr, QueryError> {
         Ok(when(
             col("survey")
@@ -242,32 +264,21 @@ async fn compute(
         )
         .end()?)
     };
-    let facts_of_events = events
-        .filter(col("event").in_list(named, false))?
+    let facts_of_surveys = of_event(&s.survey_event)?
         .select(vec![
             col("profile_id"),
-            col("event"),
             col("ts"),
-            when(is(&s.order_event).or(is(&s.refund_event)), value)
-                .end()?
-                .alias("value"),
-            when(is(&s.survey_event), survey).end()?.alias("survey"),
-            when(is(&s.survey_event), score).end()?.alias("score"),
+            lower(udf::pick_text(col("properties"), &s.survey_property)).alias("survey"),
+            udf::pick_number(col("properties"), std::slice::from_ref(&s.score_property))
+                .alias("score"),
         ])?
         .select(vec![
             col("profile_id"),
             time().alias("last_seen"),
-            when(is(&s.order_event), col("ts")).end()?.alias("order_ts"),
-            // An order without a value still counts as an order, worth nothing.
-            when(is(&s.order_event), coalesce(vec![col("value"), lit(0.0)]))
-                .end()?
-                .alias("amount"),
-            when(is(&s.refund_event), col("value"))
-                .end()?
-                .alias("refund"),
-            when(is(&s.survey_event), col("ts"))
-                .end()?
-                .alias("answered_at"),
+            time().alias("order_ts"),
+            number().alias("amount"),
+            number().alias("refund"),
+            col("ts").alias("answered_at"),
             answer(&s.nps_survey, 0.0, 10.0)?.alias("nps"),
             answer(&s.csat_survey, 1.0, 5.0)?.alias("csat"),
             number().alias("minutes"),
@@ -279,9 +290,14 @@ async fn compute(
             .filter(col(answer).is_not_null())
             .build()?)
     };
-    let raw = facts_of_profiles
+    let mut facts = facts_of_profiles
         .union(facts_of_tickets)?
-        .union(facts_of_events)?
+        .union(facts_of_orders)?
+        .union(facts_of_surveys)?;
+    if !s.refund_event.is_empty() {
+        facts = facts.union(facts_of_refunds)?;
+    }
+    let raw = facts
         .aggregate(
             vec![col("profile_id")],
             vec![

@@ -279,7 +279,7 @@ async fn churn_risk_and_loyalty_tiers_follow_each_customers_own_rhythm() {
 
 #[tokio::test]
 async fn a_segment_over_nps_group_selects_the_detractors_and_reports_on_them() {
-    let (app, _) = shop().await;
+    let (app, t) = shop().await;
     let detractors = segment(
         &app,
         json!({"computed": "nps_group", "op": "eq", "value": "detractor"}),
@@ -310,6 +310,16 @@ async fn a_segment_over_nps_group_selects_the_detractors_and_reports_on_them() {
         .await
         .unwrap();
     assert_eq!(evaluated["count"], 2, "{evaluated}");
+    // Times compare with RFC 3339 text: only ada ordered in the last 15 days.
+    let recent = segment(
+        &app,
+        json!({"computed": "last_order_at", "op": "gte", "value": t.ago(15).to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(
+        health(&app, &format!("?segment_id={recent}")).await["clv"]["total"],
+        600.0
+    );
     // Built-ins work in SQL conditions too.
     let churned = segment(
         &app,
