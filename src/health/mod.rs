@@ -577,3 +577,50 @@ pub fn json_values(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Float64Array, Int64Array};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn scores(values: Vec<Option<f64>>, lower_is_better: bool) -> Vec<Option<i64>> {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, true)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(values))]).unwrap();
+        let q: Int64Array = quintiles(&batch, "v", lower_is_better).unwrap();
+        (0..q.len())
+            .map(|i| q.is_valid(i).then(|| q.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn five_distinct_values_fill_the_five_quintiles() {
+        let got = scores(
+            vec![Some(30.0), Some(10.0), Some(50.0), Some(20.0), Some(40.0)],
+            false,
+        );
+        assert_eq!(got, vec![Some(3), Some(1), Some(5), Some(2), Some(4)]);
+    }
+
+    #[test]
+    fn ties_share_the_quintile_of_the_first_of_them() {
+        let got = scores(
+            vec![Some(1.0), Some(1.0), Some(1.0), Some(1.0), Some(2.0)],
+            false,
+        );
+        assert_eq!(got, vec![Some(1), Some(1), Some(1), Some(1), Some(5)]);
+        // Ten customers, the middle four tied: they straddle no boundary.
+        let values = [1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 8.0, 9.0, 10.0];
+        let got = scores(values.iter().copied().map(Some).collect(), false);
+        let expected = [1, 1, 2, 2, 2, 2, 2, 4, 5, 5];
+        assert_eq!(got, expected.iter().map(|q| Some(*q)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn recency_scores_the_fewest_days_highest_and_skips_non_customers() {
+        let got = scores(vec![Some(100.0), None, Some(1.0)], true);
+        // Two customers: the worst ranks 1 → quintile 1, the best ranks 2 → 1 + ⌊5 × 1 / 2⌋.
+        assert_eq!(got, vec![Some(1), None, Some(3)]);
+    }
+}
