@@ -524,58 +524,49 @@ pub(crate) fn table(
     Ok(Arc::new(MemTable::try_new(schema, dealt)?))
 }
 
-/// Adds the non-null built-ins of each row of a `per_profile` batch to that profile's JSON
-/// object (keyed by profile id), as the profile API shows them: whole numbers as integers,
-/// times as RFC 3339 text.
-pub fn json_values(
+/// The profile id of row `row` of a `per_profile` batch and its non-null built-ins as the
+/// profile API shows them: whole numbers as integers, times as RFC 3339 text.
+pub fn json_row(
     batch: &RecordBatch,
-    into: &mut std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
-) {
-    use datafusion::arrow::array::{Array, AsArray};
+    row: usize,
+) -> Option<(String, serde_json::Map<String, serde_json::Value>)> {
+    use datafusion::arrow::array::Array;
     use datafusion::arrow::datatypes::{
         Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
     };
     use serde_json::Value;
 
-    let Some(ids) = batch
-        .column_by_name("profile_id")
-        .and_then(|c| c.as_string_opt::<i32>())
-    else {
-        return;
-    };
-    let schema = batch.schema();
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        if field.name() == "profile_id" {
+    let id = batch
+        .column_by_name("profile_id")?
+        .as_string_opt::<i32>()?
+        .value(row)
+        .to_string();
+    let mut object = serde_json::Map::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if field.name() == "profile_id" || column.is_null(row) {
             continue;
         }
-        for row in 0..batch.num_rows() {
-            if column.is_null(row) {
-                continue;
+        let value = match column.data_type() {
+            DataType::Float64 => {
+                serde_json::Number::from_f64(column.as_primitive::<Float64Type>().value(row))
+                    .map(Value::Number)
             }
-            let value = match column.data_type() {
-                DataType::Float64 => {
-                    serde_json::Number::from_f64(column.as_primitive::<Float64Type>().value(row))
-                        .map(Value::Number)
-                }
-                DataType::Int64 => Some(Value::from(column.as_primitive::<Int64Type>().value(row))),
-                DataType::Utf8 => Some(Value::String(
-                    column.as_string::<i32>().value(row).to_string(),
-                )),
-                DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                    let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
-                    DateTime::<Utc>::from_timestamp_micros(micros).map(|t| {
-                        Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-                    })
-                }
-                _ => None,
-            };
-            if let Some(value) = value {
-                into.entry(ids.value(row).to_string())
-                    .or_default()
-                    .insert(field.name().clone(), value);
+            DataType::Int64 => Some(Value::from(column.as_primitive::<Int64Type>().value(row))),
+            DataType::Utf8 => Some(Value::String(
+                column.as_string::<i32>().value(row).to_string(),
+            )),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
+                DateTime::<Utc>::from_timestamp_micros(micros)
+                    .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
             }
+            _ => None,
+        };
+        if let Some(value) = value {
+            object.insert(field.name().clone(), value);
         }
     }
+    Some((id, object))
 }
 
 #[cfg(test)]

@@ -241,9 +241,6 @@ pub async fn refresh_computed(engine: &QueryEngine) -> Result<usize, SegmentErro
         .collect()
         .await
         .map_err(QueryError::from)?;
-    for batch in &built_ins {
-        crate::health::json_values(batch, &mut values);
-    }
     for (name, computed) in &all.computed {
         let batches = computed
             .aggregate(events.clone(), now)?
@@ -287,18 +284,45 @@ pub async fn refresh_computed(engine: &QueryEngine) -> Result<usize, SegmentErro
             }
         }
     }
-    let (mut ids, mut objects) = (
-        Vec::with_capacity(values.len()),
-        Vec::with_capacity(values.len()),
-    );
-    for (id, object) in values {
-        if let Ok(id) = Uuid::parse_str(&id) {
-            ids.push(id);
-            objects.push(Value::Object(object));
+    // Every live profile has built-ins: walk them in order, adding each profile's declared
+    // values, and build the JSON a chunk at a time as the writer asks for it.
+    let mut rows = built_ins
+        .iter()
+        .flat_map(|batch| (0..batch.num_rows()).map(move |row| (batch, row)));
+    let mut written = 0;
+    let mut leftovers = false;
+    let next = || {
+        let (mut ids, mut objects) = (Vec::new(), Vec::new());
+        for (batch, row) in rows.by_ref() {
+            let Some((id, mut object)) = crate::health::json_row(batch, row) else {
+                continue;
+            };
+            if let Some(declared) = values.remove(&id) {
+                object.extend(declared);
+            }
+            if let Ok(id) = Uuid::parse_str(&id) {
+                ids.push(id);
+                objects.push(Value::Object(object));
+            }
+            if ids.len() == 10_000 {
+                break;
+            }
         }
-    }
-    crate::profiles::store::write_computed(engine.db(), &ids, &objects, now).await?;
-    Ok(ids.len())
+        if ids.is_empty() && !leftovers {
+            // Declared values of profiles the built-ins do not know (none are live).
+            leftovers = true;
+            for (id, object) in values.drain() {
+                if let Ok(id) = Uuid::parse_str(&id) {
+                    ids.push(id);
+                    objects.push(Value::Object(object));
+                }
+            }
+        }
+        written += ids.len();
+        (!ids.is_empty()).then_some((ids, objects))
+    };
+    crate::profiles::store::write_computed_chunks(engine.db(), now, next).await?;
+    Ok(written)
 }
 
 /// Declares the computed traits of the configuration (they replace earlier config versions).
