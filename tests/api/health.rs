@@ -457,8 +457,14 @@ async fn the_report_needs_segments_read_and_a_known_segment() {
         .await
         .unwrap();
 
+    let openapi = app.get_json("/openapi.json").await;
+
     problem(forbidden, 403).await;
     problem(unknown, 404).await;
+    assert_eq!(
+        openapi["paths"]["/v1/metrics/health"]["get"]["security"],
+        json!([{"bearer": ["segments:read"]}])
+    );
     let body = problem(malformed, 400).await;
     assert!(
         body["detail"].as_str().unwrap().contains("segment_id"),
@@ -482,4 +488,27 @@ async fn a_computed_trait_cannot_take_a_built_in_name() {
         body["detail"].as_str().unwrap().contains("built-in"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn the_report_follows_new_events_after_it_was_first_computed() {
+    let (app, t) = shop().await;
+    assert_eq!(health(&app, "").await["nps"]["responses"], 4);
+
+    // eve answers NPS for the first time and buys; the next report sees both.
+    send(
+        &app,
+        vec![
+            survey("eve", "nps", 9, t.ago(1)),
+            order("eve", json!({"revenue": 190}), t.ago(1)),
+        ],
+    )
+    .await;
+    let report = health(&app, "").await;
+
+    assert_eq!(
+        report["nps"],
+        json!({"score": 0.0, "promoters": 2, "passives": 1, "detractors": 2, "responses": 5})
+    );
+    assert_eq!(report["clv"]["total"], 3000.0);
 }
