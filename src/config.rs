@@ -16,6 +16,7 @@ pub struct Settings {
     pub query: QuerySettings,
     pub log: LogSettings,
     pub exports: ExportSettings,
+    pub health: crate::health::HealthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,5 +180,11 @@ mod tests {
         let settings = Settings::load_from(Path::new("/nonexistent")).unwrap();
         assert_eq!(settings.server.bind, "127.0.0.1:8080");
         assert_eq!(settings.ingest.max_batch_messages, 2500);
+    }
+
+    #[test]
+    fn the_health_section_matches_the_built_in_health_defaults() {
+        let settings = Settings::load_from(Path::new("/nonexistent")).unwrap();
+        assert_eq!(settings.health, crate::health::HealthSettings::default());
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod exports;
+pub mod health;
 pub mod http;
 pub mod identity;
 pub mod ingest;

@@ -104,7 +104,8 @@ impl Application {
             query: Arc::new(
                 QueryEngine::new(db.clone())
                     .await
-                    .context("starting the query engine")?,
+                    .context("starting the query engine")?
+                    .with_health(settings.health.clone()),
             ),
             rate_limits: crate::ingest::rate_limit::SourceRateLimits::new(
                 settings.ingest.rate_limit_per_sec,

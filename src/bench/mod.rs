@@ -2,6 +2,7 @@
 //! server running in this process on a fresh database of its own.
 
 pub mod export;
+pub mod health;
 pub mod ingest;
 pub mod lookup;
 pub mod segments;
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Segments(segments::SegmentsBench),
     /// Parquet export of every profile over HTTP, timed, with the server's memory growth.
     Export(export::ExportBench),
+    /// The customer-health report at 1,000,000 profiles.
+    Health(health::HealthBench),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
@@ -29,6 +32,7 @@ pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()
         BenchCommand::Lookup(args) => lookup::run(args, settings).await,
         BenchCommand::Segments(args) => segments::run(args, settings).await,
         BenchCommand::Export(args) => export::run(args, settings).await,
+        BenchCommand::Health(args) => health::run(args, settings).await,
     }
 }
 

@@ -228,6 +228,27 @@ async fn profiles_frame(engine: &QueryEngine, view: &View) -> Result<DataFrame, 
             )?
             .drop_columns(&["__computed_profile"])?;
     }
+    // The customer-health built-ins (clv, nps_group, rfm, …): one frame, computed once per
+    // snapshot view and shared with segments and the health report.
+    let built_ins = crate::health::built_ins(engine, view)
+        .await?
+        .per_profile(&view.ctx)?;
+    let mut columns = vec![col("profile_id").alias("__builtin_profile")];
+    for field in built_ins.schema().fields() {
+        let name = field.name();
+        if name != "profile_id" {
+            columns.push(col(name.as_str()).alias(column_name("computed_", name, &mut taken)));
+        }
+    }
+    frame = frame
+        .join(
+            built_ins.select(columns)?,
+            JoinType::Left,
+            &["profile_id"],
+            &["__builtin_profile"],
+            None,
+        )?
+        .drop_columns(&["__builtin_profile"])?;
     Ok(frame)
 }
 

@@ -41,6 +41,12 @@ pub async fn create(
     principal.require(Scope::SegmentsWrite)?;
     let body: Value = json_body(payload).await?;
     let computed = ComputedTrait::parse(&body).map_err(SegmentError::from)?;
+    if crate::health::is_built_in(&computed.name) {
+        return Err(ApiError::Conflict(format!(
+            "`{}` is a built-in computed trait; choose another name",
+            computed.name
+        )));
+    }
     if !state
         .db
         .timed(store::put_computed_trait(

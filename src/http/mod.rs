@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod computed;
 pub mod exports;
+pub mod health;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
@@ -138,6 +139,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(profiles::routes)
             .configure(segments::routes)
             .configure(computed::routes)
+            .configure(health::routes)
             .configure(ops::routes)
             .configure(privacy::routes)
             .configure(exports::routes)

@@ -183,6 +183,23 @@ async fn every_computed_trait_is_a_column() {
 }
 
 #[tokio::test]
+async fn the_customer_health_built_ins_are_columns_too() {
+    let app = spawn_app().await;
+    seed(&app).await;
+
+    let rows = ndjson(
+        &app,
+        "/v1/exports/profiles?format=ndjson&fields=user_id,computed_clv,computed_orders,computed_nps_group",
+    )
+    .await;
+
+    assert_eq!(by_user(&rows, "ada")["computed_clv"], 42.5);
+    assert_eq!(by_user(&rows, "ada")["computed_orders"], 2);
+    assert!(by_user(&rows, "ada")["computed_nps_group"].is_null());
+    assert!(by_user(&rows, "bob")["computed_clv"].is_null());
+}
+
+#[tokio::test]
 async fn unknown_formats_and_fields_are_400s_naming_them() {
     let app = spawn_app().await;
     seed(&app).await;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod exports;
+mod health;
 mod helpers;
 mod identity;
 mod logs;
