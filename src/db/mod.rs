@@ -82,7 +82,7 @@ impl From<DbError> for ApiError {
                     .as_db_error()
                     .map(|db| db.message().to_string())
                     .unwrap_or_else(|| e.to_string());
-                ApiError::BadRequest(format!("a value in the request cannot be stored: {reason}"))
+                ApiError::BadRequest(format!("a value in the request is invalid: {reason}"))
             }
             DbError::Query(e) => {
                 ApiError::Internal(anyhow::Error::new(e).context("database query"))

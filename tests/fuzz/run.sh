@@ -5,6 +5,7 @@
 # Nothing here lists endpoints: new ones are fuzzed as soon as the document has them.
 #
 #   bash tests/fuzz/run.sh            # FUZZ_SECONDS=150 by default
+#   FUZZ_SEED=1 FUZZ_ARGS="--include-path /v1/track --report har" bash tests/fuzz/run.sh
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust), psql, curl, python3 with venv, PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -85,7 +86,8 @@ status=0
       --workers 2 \
       --request-timeout 20 \
       --report junit --report-dir "$work/report" \
-      --seed "${FUZZ_SEED:-$RANDOM}"
+      --seed "${FUZZ_SEED:-$RANDOM}" \
+      ${FUZZ_ARGS:-}
 ) || status=$?
 
 if grep -qi "panicked" "$work/server.log"; then
