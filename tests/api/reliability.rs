@@ -314,6 +314,30 @@ async fn numbers_that_cannot_be_stored_exactly_are_refused_not_rounded() {
 }
 
 #[tokio::test]
+async fn the_extreme_doubles_are_stored_and_read_back_everywhere() {
+    // PostgreSQL prints a jsonb number in full (309 digits for the largest double): reading it
+    // back once failed, panicking the timeline and stalling identity resolution.
+    let app = spawn_app().await;
+    let (_, key) = app.create_source("Web", "web").await;
+    let raw = r#"{"batch": [
+        {"type": "identify", "userId": "u", "traits": {"score": 1.7976931348623157e308, "tiny": 5e-324},
+         "context": {"x": -1.7976931348623157e308}},
+        {"type": "track", "userId": "u", "event": "E", "properties": {"max": 1.7976931348623157e308}}
+    ]}"#;
+    let response = post_raw(&app, "/v1/batch", &key, raw.as_bytes().to_vec()).await;
+    assert_eq!(response.status(), 200);
+    app.settle().await;
+
+    let profile = app.lookup("user_id", "u").await;
+    assert_eq!(profile["traits"]["score"], f64::MAX);
+    assert_eq!(profile["traits"]["tiny"], 5e-324);
+    let id = profile["id"].as_str().unwrap();
+    let timeline = app.get_json(&format!("/v1/profiles/{id}/events")).await;
+    assert_eq!(timeline["items"][0]["properties"]["max"], f64::MAX);
+    assert_eq!(timeline["items"][1]["context"]["x"], -f64::MAX);
+}
+
+#[tokio::test]
 async fn invalid_utf8_bodies_are_refused_with_400() {
     let app = spawn_app().await;
     let (_, key) = app.create_source("Web", "web").await;
