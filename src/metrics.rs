@@ -16,6 +16,7 @@ pub struct Metrics {
     pub profile_merges: IntCounter,
     pub segment_evaluation: Histogram,
     pub requests_rate_limited: IntCounter,
+    pub requests_timed_out: IntCounter,
 }
 
 impl Metrics {
@@ -67,6 +68,10 @@ impl Metrics {
                 "kizuna_requests_rate_limited_total",
                 "Tracking requests refused with 429 by a source's rate limit",
             ),
+            requests_timed_out: counter(
+                "kizuna_requests_timed_out_total",
+                "Requests answered 503 for exceeding server.request_timeout_secs",
+            ),
             http_requests,
             http_duration,
             registry,
@@ -81,6 +86,7 @@ impl Metrics {
             Box::new(metrics.profile_merges.clone()),
             Box::new(metrics.segment_evaluation.clone()),
             Box::new(metrics.requests_rate_limited.clone()),
+            Box::new(metrics.requests_timed_out.clone()),
         ] {
             r.register(collector).expect("metric registered once");
         }
