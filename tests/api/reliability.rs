@@ -129,6 +129,10 @@ async fn a_request_slower_than_the_time_limit_is_answered_503() {
     let answer = String::from_utf8_lossy(&answer).to_lowercase();
     assert!(answer.starts_with("http/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after:"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
     assert_eq!(metric(&app, "kizuna_requests_timed_out_total").await, 1.0);
 }
 
