@@ -506,7 +506,32 @@ async fn sql_looking_strings_are_stored_verbatim_and_do_nothing() {
         evaluated["count"], 1,
         "the event name matched as plain text"
     );
+
+    // SQL segment conditions are parsed against the snapshot, never sent to PostgreSQL.
+    for sql in [
+        "1=1; DROP TABLE events",
+        "traits.plan = 'x' OR pg_sleep(10) IS NULL",
+    ] {
+        let response = app
+            .admin(reqwest::Method::POST, "/v1/segments/preview")
+            .json(&json!({"definition": {"sql": sql}}))
+            .send()
+            .await
+            .unwrap();
+        problem(response, 400).await;
+    }
+    let kind = urlencoding::encode("x') OR 1=1; DROP TABLE identities; --");
+    let response = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/profiles/lookup?{kind}=1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(response, 404).await;
     assert_eq!(app.count_events().await, 1, "the events table is intact");
+    assert_eq!(app.lookup("user_id", evil).await["id"], profile["id"]);
 }
 
 #[tokio::test]
