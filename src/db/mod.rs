@@ -187,6 +187,19 @@ impl Db {
     }
 }
 
+/// A nullable jsonb column, read without panicking: a value `serde_json` cannot represent
+/// (numbers beyond a double, written by another tool or an older version) is logged and read
+/// as absent, so one such row can neither stall identity resolution nor break a timeline.
+pub fn lenient_json(row: &tokio_postgres::Row, column: usize) -> Option<serde_json::Value> {
+    match row.try_get::<_, Option<serde_json::Value>>(column) {
+        Ok(value) => value,
+        Err(err) => {
+            tracing::warn!(column, error = %err, "unreadable JSON read as absent");
+            None
+        }
+    }
+}
+
 /// Creates the database named in `url` when it does not exist (connecting to `postgres` to do so).
 pub async fn ensure_database(url: &str, connect_timeout: Duration) -> anyhow::Result<()> {
     let mut target = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;

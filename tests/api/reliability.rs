@@ -741,3 +741,38 @@ async fn stopping_postgresql_under_load_gives_prompt_503s_and_restarting_it_reco
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_event_whose_json_cannot_be_read_is_still_resolved_and_shown() {
+    // Arrange: an identify stored by another writer with a number no double can hold (PostgreSQL
+    // jsonb keeps it; our ingest refuses it), then an ordinary event after it.
+    let app = spawn_app().await;
+    let (source_id, key) = app.create_source("Web", "web").await;
+    app.db()
+        .await
+        .execute(
+            "WITH e AS (
+               INSERT INTO events (source_id, message_id, type, user_id, ts, received_at, traits)
+               VALUES ($1::text::uuid, 'legacy-1', 'identify', 'legacy', now(), now(),
+                       '{\"score\": 1e400, \"plan\": \"pro\"}')
+               RETURNING seq, ts)
+             INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM e",
+            &[&source_id],
+        )
+        .await
+        .unwrap();
+    let after = json!({"userId": "fresh", "event": "Signed Up"});
+    assert_eq!(
+        app.post_tracking("/v1/track", &key, &after).await.status(),
+        200
+    );
+
+    // Act + Assert: resolution goes on past it, and its timeline answers.
+    app.settle().await;
+    assert_eq!(app.lookup("user_id", "fresh").await["event_count"], 1);
+    let legacy = app.lookup("user_id", "legacy").await;
+    assert_eq!(legacy["event_count"], 1);
+    let id = legacy["id"].as_str().unwrap();
+    let timeline = app.get_json(&format!("/v1/profiles/{id}/events")).await;
+    assert_eq!(timeline["items"][0]["type"], "identify");
+}
