@@ -82,7 +82,7 @@ impl From<DbError> for ApiError {
                     .as_db_error()
                     .map(|db| db.message().to_string())
                     .unwrap_or_else(|| e.to_string());
-                ApiError::BadRequest(format!("a value in the request cannot be stored: {reason}"))
+                ApiError::BadRequest(format!("a value in the request is invalid: {reason}"))
             }
             DbError::Query(e) => {
                 ApiError::Internal(anyhow::Error::new(e).context("database query"))
@@ -184,6 +184,19 @@ impl Db {
 
     pub fn close(&self) {
         self.pool.close();
+    }
+}
+
+/// A nullable jsonb column, read without panicking: a value `serde_json` cannot represent
+/// (numbers beyond a double, written by another tool or an older version) is logged and read
+/// as absent, so one such row can neither stall identity resolution nor break a timeline.
+pub fn lenient_json(row: &tokio_postgres::Row, column: usize) -> Option<serde_json::Value> {
+    match row.try_get::<_, Option<serde_json::Value>>(column) {
+        Ok(value) => value,
+        Err(err) => {
+            tracing::warn!(column, error = %err, "unreadable JSON read as absent");
+            None
+        }
     }
 }
 

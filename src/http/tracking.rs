@@ -148,6 +148,7 @@ macro_rules! single_call {
                 (status = 400, body = Problem, content_type = "application/problem+json"),
                 (status = 401, body = Problem, content_type = "application/problem+json"),
                 (status = 413, body = Problem, content_type = "application/problem+json"),
+                (status = 429, body = Problem, content_type = "application/problem+json", description = "over the source's rate limit; retry after `Retry-After` seconds"),
                 (status = 503, body = Problem, content_type = "application/problem+json"),
             ),
             security(("write_key" = [])))]
@@ -206,6 +207,7 @@ single_call!(
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json", description = "over the source's rate limit; retry after `Retry-After` seconds"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("write_key" = [])))]

@@ -45,9 +45,9 @@ pub async fn pending_events(
             anonymous_id: r.get(4),
             previous_id: r.get(5),
             ts: r.get(6),
-            traits: r.get(7),
-            context_traits: r.get(8),
-            external_ids: r.get(9),
+            traits: crate::db::lenient_json(r, 7),
+            context_traits: crate::db::lenient_json(r, 8),
+            external_ids: crate::db::lenient_json(r, 9),
         })
         .collect())
 }

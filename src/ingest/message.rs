@@ -481,7 +481,12 @@ fn reject_inexact_numbers(json: &[u8], at: At) -> Result<(), IngestError> {
                 }
                 let token = std::str::from_utf8(&json[start..i]).unwrap_or_default();
                 let exact = if token.contains(['.', 'e', 'E']) {
-                    token.parse::<f64>().is_ok_and(f64::is_finite)
+                    let mantissa = token.split(['e', 'E']).next().unwrap_or_default();
+                    let underflows = mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'));
+                    // Beyond a double's range either way: infinite, or a non-zero that became 0.
+                    token
+                        .parse::<f64>()
+                        .is_ok_and(|v| v.is_finite() && (v != 0.0 || !underflows))
                 } else {
                     token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()
                 };
@@ -590,12 +595,13 @@ mod tests {
 
     #[test]
     fn numbers_are_kept_only_when_they_come_back_exactly() {
-        let ok = br#"{"a": 18446744073709551615, "b": -9223372036854775808, "c": 1.5e300, "d": "99999999999999999999999", "e\"": 0}"#;
+        let ok = br#"{"a": 18446744073709551615, "b": -9223372036854775808, "c": 1.5e300, "d": "99999999999999999999999", "e\"": 0, "f": 0.0e-999, "g": 5e-324}"#;
         assert!(reject_inexact_numbers(ok, At(None)).is_ok());
         for (raw, key) in [
             (&br#"{"order_id": 123456789012345678901}"#[..], "order_id"),
             (br#"{"x": [1, {"n": -18446744073709551616}]}"#, "n"),
             (br#"{"big": 1e400}"#, "big"),
+            (br#"{"tiny": -1.5e-400}"#, "tiny"),
         ] {
             let err = reject_inexact_numbers(raw, At(Some(3)))
                 .unwrap_err()

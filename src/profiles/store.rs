@@ -187,9 +187,9 @@ pub async fn timeline(
                 name: r.get(8),
                 kind: r.get(9),
             },
-            properties: r.get(10),
-            traits: r.get(11),
-            context: r.get(12),
+            properties: crate::db::lenient_json(r, 10),
+            traits: crate::db::lenient_json(r, 11),
+            context: crate::db::lenient_json(r, 12),
         })
         .collect())
 }

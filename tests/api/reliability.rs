@@ -129,6 +129,11 @@ async fn a_request_slower_than_the_time_limit_is_answered_503() {
     let answer = String::from_utf8_lossy(&answer).to_lowercase();
     assert!(answer.starts_with("http/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after:"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert_eq!(metric(&app, "kizuna_requests_timed_out_total").await, 1.0);
 }
 
 fn base64_basic(key: &str) -> String {
@@ -314,6 +319,30 @@ async fn numbers_that_cannot_be_stored_exactly_are_refused_not_rounded() {
 }
 
 #[tokio::test]
+async fn the_extreme_doubles_are_stored_and_read_back_everywhere() {
+    // PostgreSQL prints a jsonb number in full (309 digits for the largest double): reading it
+    // back once failed, panicking the timeline and stalling identity resolution.
+    let app = spawn_app().await;
+    let (_, key) = app.create_source("Web", "web").await;
+    let raw = r#"{"batch": [
+        {"type": "identify", "userId": "u", "traits": {"score": 1.7976931348623157e308, "tiny": 5e-324},
+         "context": {"x": -1.7976931348623157e308}},
+        {"type": "track", "userId": "u", "event": "E", "properties": {"max": 1.7976931348623157e308}}
+    ]}"#;
+    let response = post_raw(&app, "/v1/batch", &key, raw.as_bytes().to_vec()).await;
+    assert_eq!(response.status(), 200);
+    app.settle().await;
+
+    let profile = app.lookup("user_id", "u").await;
+    assert_eq!(profile["traits"]["score"], f64::MAX);
+    assert_eq!(profile["traits"]["tiny"], 5e-324);
+    let id = profile["id"].as_str().unwrap();
+    let timeline = app.get_json(&format!("/v1/profiles/{id}/events")).await;
+    assert_eq!(timeline["items"][0]["properties"]["max"], f64::MAX);
+    assert_eq!(timeline["items"][1]["context"]["x"], -f64::MAX);
+}
+
+#[tokio::test]
 async fn invalid_utf8_bodies_are_refused_with_400() {
     let app = spawn_app().await;
     let (_, key) = app.create_source("Web", "web").await;
@@ -477,7 +506,32 @@ async fn sql_looking_strings_are_stored_verbatim_and_do_nothing() {
         evaluated["count"], 1,
         "the event name matched as plain text"
     );
+
+    // SQL segment conditions are parsed against the snapshot, never sent to PostgreSQL.
+    for sql in [
+        "1=1; DROP TABLE events",
+        "traits.plan = 'x' OR pg_sleep(10) IS NULL",
+    ] {
+        let response = app
+            .admin(reqwest::Method::POST, "/v1/segments/preview")
+            .json(&json!({"definition": {"sql": sql}}))
+            .send()
+            .await
+            .unwrap();
+        problem(response, 400).await;
+    }
+    let kind = urlencoding::encode("x') OR 1=1; DROP TABLE identities; --");
+    let response = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/profiles/lookup?{kind}=1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(response, 404).await;
     assert_eq!(app.count_events().await, 1, "the events table is intact");
+    assert_eq!(app.lookup("user_id", evil).await["id"], profile["id"]);
 }
 
 #[tokio::test]
@@ -686,4 +740,39 @@ async fn stopping_postgresql_under_load_gives_prompt_503s_and_restarting_it_reco
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_event_whose_json_cannot_be_read_is_still_resolved_and_shown() {
+    // Arrange: an identify stored by another writer with a number no double can hold (PostgreSQL
+    // jsonb keeps it; our ingest refuses it), then an ordinary event after it.
+    let app = spawn_app().await;
+    let (source_id, key) = app.create_source("Web", "web").await;
+    app.db()
+        .await
+        .execute(
+            "WITH e AS (
+               INSERT INTO events (source_id, message_id, type, user_id, ts, received_at, traits)
+               VALUES ($1::text::uuid, 'legacy-1', 'identify', 'legacy', now(), now(),
+                       '{\"score\": 1e400, \"plan\": \"pro\"}')
+               RETURNING seq, ts)
+             INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM e",
+            &[&source_id],
+        )
+        .await
+        .unwrap();
+    let after = json!({"userId": "fresh", "event": "Signed Up"});
+    assert_eq!(
+        app.post_tracking("/v1/track", &key, &after).await.status(),
+        200
+    );
+
+    // Act + Assert: resolution goes on past it, and its timeline answers.
+    app.settle().await;
+    assert_eq!(app.lookup("user_id", "fresh").await["event_count"], 1);
+    let legacy = app.lookup("user_id", "legacy").await;
+    assert_eq!(legacy["event_count"], 1);
+    let id = legacy["id"].as_str().unwrap();
+    let timeline = app.get_json(&format!("/v1/profiles/{id}/events")).await;
+    assert_eq!(timeline["items"][0]["type"], "identify");
 }

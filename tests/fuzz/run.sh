@@ -5,6 +5,7 @@
 # Nothing here lists endpoints: new ones are fuzzed as soon as the document has them.
 #
 #   bash tests/fuzz/run.sh            # FUZZ_SECONDS=150 by default
+#   FUZZ_SEED=1 FUZZ_ARGS="--include-path /v1/track --report har" bash tests/fuzz/run.sh
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust), psql, curl, python3 with venv, PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,20 +59,42 @@ for _ in $(seq 1 120); do
 done
 curl -fsS "$base/readyz" >/dev/null
 
-# A write key so the tracking API is fuzzed past authentication, and a segment to aim at.
-write_key=$(curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' \
-  -d '{"name":"fuzz","kind":"server"}' "$base/v1/sources" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["write_key"])')
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+admin() { curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' "$@"; }
 
-# Credentials go by the security scheme each operation declares; `${…}` is read from the
+# Something to aim at: a write key (so the tracking API is fuzzed past authentication), and one
+# of each kind of object, whose ids are offered to every `{id}` path parameter half the time.
+write_key=$(admin -d '{"name":"fuzz","kind":"server"}' "$base/v1/sources" | json_field write_key)
+# (A second source is the one offered to `{id}`: fuzzing may delete it, which must not stop the
+# tracking API's key.)
+source_id=$(admin -d '{"name":"fuzz target","kind":"web"}' "$base/v1/sources" | json_field id)
+key_id=$(admin -d '{"name":"fuzz","scopes":["profiles:read"]}' "$base/v1/api-keys" | json_field id)
+segment_id=$(admin -d '{"name":"fuzz","definition":{"identity":"email","op":"exists"}}' \
+  "$base/v1/segments" | json_field id)
+curl -fsS -u "$write_key:" -H 'content-type: application/json' \
+  -d '{"userId":"fuzz-user","traits":{"email":"fuzz@example.com","plan":"pro"}}' \
+  "$base/v1/identify" >/dev/null
+profile_id=""
+for _ in $(seq 1 50); do
+  profile_id=$({ admin "$base/v1/profiles/lookup?user_id=fuzz-user" | json_field id; } 2>/dev/null) && break
+  sleep 0.2
+done
+
+cat >"$work/schemathesis.toml" <<TOML
+# Credentials go by the security scheme each operation declares; \${…} is read from the
 # environment by schemathesis.
-cat >"$work/schemathesis.toml" <<'TOML'
 [auth.openapi.bearer]
-bearer = "${KIZUNA_FUZZ_TOKEN}"
+bearer = "\${KIZUNA_FUZZ_TOKEN}"
 
 [auth.openapi.write_key]
-username = "${KIZUNA_FUZZ_WRITE_KEY}"
+username = "\${KIZUNA_FUZZ_WRITE_KEY}"
 password = ""
+
+[dictionaries.ids]
+values = ["$source_id", "$key_id", "$segment_id", "$profile_id", "../../etc/passwd", "%2e%2e%2f"]
+
+[parameters]
+"path.id" = { dictionary = "ids", probability = 0.5 }
 TOML
 
 echo "fuzz: schemathesis over $base/openapi.json for ${seconds} s"
@@ -85,7 +108,8 @@ status=0
       --workers 2 \
       --request-timeout 20 \
       --report junit --report-dir "$work/report" \
-      --seed "${FUZZ_SEED:-$RANDOM}"
+      --seed "${FUZZ_SEED:-$RANDOM}" \
+      ${FUZZ_ARGS:-}
 ) || status=$?
 
 if grep -qi "panicked" "$work/server.log"; then
