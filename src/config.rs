@@ -15,6 +15,8 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub query: QuerySettings,
     pub log: LogSettings,
+    pub exports: ExportSettings,
+    pub health: crate::health::HealthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +26,30 @@ pub struct QuerySettings {
     pub schedule_every_secs: u64,
     /// Computed traits declared in configuration.
     pub computed_traits: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSettings {
+    /// Where file exports (one folder per export id) and scheduled exports are written.
+    pub dir: PathBuf,
+    /// Exports refreshed on a schedule into `dir/scheduled/<name>/`, for BI tools to poll.
+    pub schedules: Vec<ScheduledExport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledExport {
+    /// Folder name under `dir/scheduled/`: letters, digits, `_` and `-` only.
+    pub name: String,
+    /// `profiles`, `events` or `segment`.
+    pub what: String,
+    /// `csv`, `parquet` or `ndjson`.
+    pub format: String,
+    /// The segment, when `what = "segment"`.
+    pub segment_id: Option<uuid::Uuid>,
+    /// Seconds between refreshes.
+    pub every_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,5 +180,11 @@ mod tests {
         let settings = Settings::load_from(Path::new("/nonexistent")).unwrap();
         assert_eq!(settings.server.bind, "127.0.0.1:8080");
         assert_eq!(settings.ingest.max_batch_messages, 2500);
+    }
+
+    #[test]
+    fn the_health_section_matches_the_built_in_health_defaults() {
+        let settings = Settings::load_from(Path::new("/nonexistent")).unwrap();
+        assert_eq!(settings.health, crate::health::HealthSettings::default());
     }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub segment_evaluation: Histogram,
     pub requests_rate_limited: IntCounter,
     pub requests_timed_out: IntCounter,
+    pub events_suppressed: IntCounter,
 }
 
 impl Metrics {
@@ -72,6 +73,10 @@ impl Metrics {
                 "kizuna_requests_timed_out_total",
                 "Requests answered 503 for exceeding server.request_timeout_secs",
             ),
+            events_suppressed: counter(
+                "kizuna_events_suppressed_total",
+                "Messages dropped at ingest because they carry an erased (suppressed) identifier",
+            ),
             http_requests,
             http_duration,
             registry,
@@ -87,6 +92,7 @@ impl Metrics {
             Box::new(metrics.segment_evaluation.clone()),
             Box::new(metrics.requests_rate_limited.clone()),
             Box::new(metrics.requests_timed_out.clone()),
+            Box::new(metrics.events_suppressed.clone()),
         ] {
             r.register(collector).expect("metric registered once");
         }

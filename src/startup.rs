@@ -32,6 +32,8 @@ pub struct AppState {
     pub query: Arc<QueryEngine>,
     /// Per-source token buckets of the tracking API.
     pub rate_limits: crate::ingest::rate_limit::SourceRateLimits,
+    /// The suppression list of erased identifiers, as ingest checks it.
+    pub suppressions: Arc<crate::privacy::Suppressions>,
 }
 
 pub struct Application {
@@ -102,12 +104,14 @@ impl Application {
             query: Arc::new(
                 QueryEngine::new(db.clone())
                     .await
-                    .context("starting the query engine")?,
+                    .context("starting the query engine")?
+                    .with_health(settings.health.clone()),
             ),
             rate_limits: crate::ingest::rate_limit::SourceRateLimits::new(
                 settings.ingest.rate_limit_per_sec,
                 settings.ingest.rate_limit_burst,
             ),
+            suppressions: Arc::default(),
             db,
             settings,
         });
@@ -126,6 +130,21 @@ impl Application {
         let mut background = Vec::new();
         if state.settings.identity.enabled {
             background.push(tokio::spawn(resolver.run(shutdown_rx.clone())));
+        }
+        background.push(tokio::spawn(crate::exports::worker::run(
+            state.query.clone(),
+            state.settings.exports.dir.clone(),
+            shutdown_rx.clone(),
+        )));
+        for schedule in &state.settings.exports.schedules {
+            crate::exports::worker::check_schedule(schedule)
+                .map_err(|e| anyhow::anyhow!("[exports] schedules: {e}"))?;
+            background.push(tokio::spawn(crate::exports::worker::run_schedule(
+                state.query.clone(),
+                state.settings.exports.dir.clone(),
+                schedule.clone(),
+                shutdown_rx.clone(),
+            )));
         }
         if state.settings.query.schedule_every_secs > 0 {
             let every = Duration::from_secs(state.settings.query.schedule_every_secs);

@@ -1,6 +1,8 @@
 //! `kizuna bench …`: load generators and baselines, measured in the same run against a Kizuna
 //! server running in this process on a fresh database of its own.
 
+pub mod export;
+pub mod health;
 pub mod ingest;
 pub mod lookup;
 pub mod segments;
@@ -18,6 +20,10 @@ pub enum BenchCommand {
     Lookup(lookup::LookupBench),
     /// Segment evaluation at 1,000,000 profiles and 10,000,000 events, beside DuckDB.
     Segments(segments::SegmentsBench),
+    /// Parquet export of every profile over HTTP, timed, with the server's memory growth.
+    Export(export::ExportBench),
+    /// The customer-health report at 1,000,000 profiles.
+    Health(health::HealthBench),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
@@ -25,6 +31,8 @@ pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()
         BenchCommand::Ingest(args) => ingest::run(args, settings).await,
         BenchCommand::Lookup(args) => lookup::run(args, settings).await,
         BenchCommand::Segments(args) => segments::run(args, settings).await,
+        BenchCommand::Export(args) => export::run(args, settings).await,
+        BenchCommand::Health(args) => health::run(args, settings).await,
     }
 }
 

@@ -49,66 +49,8 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     let server = tokio::spawn(app.run_until_stopped());
     let db = state.db.clone();
 
-    eprintln!(
-        "seeding {} profiles and {} events…",
-        args.profiles, args.events
-    );
     let started = Instant::now();
-    let client = db.conn().await?;
-    client
-        .batch_execute(&format!(
-            "INSERT INTO sources (id, name, kind, write_key_hash, write_key_hint)
-               VALUES ('00000000-0000-7000-8000-000000000001', 'seed', 'web', '\\x00', 'seed');
-             INSERT INTO profiles (id, traits, first_seen, last_seen, event_count)
-               SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid,
-                      jsonb_build_object('plan', (ARRAY['free','plus','pro'])[1 + g % 3],
-                                         'country', (ARRAY['GB','DE','FR','JP','US'])[1 + g % 5],
-                                         'age', 18 + g % 60, 'vip', g % 50 = 0),
-                      now() - interval '365 days', now(), {per}
-               FROM generate_series(1, {p}) g;
-             INSERT INTO identities (kind, value, profile_id, source_id, first_seen)
-               SELECT 'user_id', 'user-' || g, ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid,
-                      '00000000-0000-7000-8000-000000000001', now() - interval '365 days'
-               FROM generate_series(1, {p}) g;",
-            p = args.profiles,
-            per = args.events / args.profiles.max(1),
-        ))
-        .await?;
-    let chunk = 1_000_000;
-    let mut from = 0;
-    while from < args.events {
-        let to = (from + chunk).min(args.events);
-        client
-            .execute(
-                "INSERT INTO events (seq, source_id, message_id, type, event, ts, received_at, properties)
-                 SELECT g, '00000000-0000-7000-8000-000000000001', 'seed-' || g, 'track',
-                        (ARRAY['Order Completed','Product Viewed','Product Viewed','Page Viewed','Cart Viewed'])[1 + (g * 7) % 5],
-                        now() - ((g * 40503) % 31536000) * interval '1 second', now(),
-                        jsonb_build_object('revenue', round(((g * 13) % 20000) / 100.0, 2),
-                                           'currency', (ARRAY['EUR','USD','GBP'])[1 + g % 3])
-                 FROM generate_series($1::int8, $2::int8) g",
-                &[&(from + 1), &to],
-            )
-            .await?;
-        client
-            .execute(
-                "INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
-                 SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + (seq * 2654435761) % $3), 12, '0'))::uuid, seq
-                 FROM events WHERE seq BETWEEN $1 AND $2",
-                &[&(from + 1), &to, &args.profiles],
-            )
-            .await?;
-        from = to;
-        eprintln!("  {from} events");
-    }
-    client
-        .execute(
-            "SELECT setval('event_resolutions', $1::int8), setval(pg_get_serial_sequence('events', 'seq'), $1::int8)",
-            &[&args.events],
-        )
-        .await?;
-    client.batch_execute("ANALYZE").await?;
-    drop(client);
+    seed(&db, args.profiles, args.events).await?;
     let seed_secs = started.elapsed().as_secs_f64();
 
     let engine = &state.query;
@@ -203,6 +145,68 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     handle.stop(true).await;
     server.await??;
     bench.finish(args.keep).await
+}
+
+/// Seeds `profiles` profiles (with a `user_id` each and traits plan, country, age, vip) and
+/// `events` resolved track events (seq 1..=events; a fifth of them `Order Completed` with a
+/// revenue and currency) straight into the database, bypassing ingest.
+pub async fn seed(db: &crate::db::Db, profiles: i64, events: i64) -> anyhow::Result<()> {
+    eprintln!("seeding {} profiles and {} events…", profiles, events);
+    let client = db.conn().await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO sources (id, name, kind, write_key_hash, write_key_hint)
+               VALUES ('00000000-0000-7000-8000-000000000001', 'seed', 'web', '\\x00', 'seed');
+             INSERT INTO profiles (id, traits, first_seen, last_seen, event_count)
+               SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid,
+                      jsonb_build_object('plan', (ARRAY['free','plus','pro'])[1 + g % 3],
+                                         'country', (ARRAY['GB','DE','FR','JP','US'])[1 + g % 5],
+                                         'age', 18 + g % 60, 'vip', g % 50 = 0),
+                      now() - interval '365 days', now(), {per}
+               FROM generate_series(1, {p}) g;
+             INSERT INTO identities (kind, value, profile_id, source_id, first_seen)
+               SELECT 'user_id', 'user-' || g, ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid,
+                      '00000000-0000-7000-8000-000000000001', now() - interval '365 days'
+               FROM generate_series(1, {p}) g;",
+            p = profiles,
+            per = events / profiles.max(1),
+        ))
+        .await?;
+    let chunk = 1_000_000;
+    let mut from = 0;
+    while from < events {
+        let to = (from + chunk).min(events);
+        client
+            .execute(
+                "INSERT INTO events (seq, source_id, message_id, type, event, ts, received_at, properties)
+                 SELECT g, '00000000-0000-7000-8000-000000000001', 'seed-' || g, 'track',
+                        (ARRAY['Order Completed','Product Viewed','Product Viewed','Page Viewed','Cart Viewed'])[1 + (g * 7) % 5],
+                        now() - ((g * 40503) % 31536000) * interval '1 second', now(),
+                        jsonb_build_object('revenue', round(((g * 13) % 20000) / 100.0, 2),
+                                           'currency', (ARRAY['EUR','USD','GBP'])[1 + g % 3])
+                 FROM generate_series($1::int8, $2::int8) g",
+                &[&(from + 1), &to],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
+                 SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + (seq * 2654435761) % $3), 12, '0'))::uuid, seq
+                 FROM events WHERE seq BETWEEN $1 AND $2",
+                &[&(from + 1), &to, &profiles],
+            )
+            .await?;
+        from = to;
+        eprintln!("  {from} events");
+    }
+    client
+        .execute(
+            "SELECT setval('event_resolutions', $1::int8), setval(pg_get_serial_sequence('events', 'seq'), $1::int8)",
+            &[&events],
+        )
+        .await?;
+    client.batch_execute("ANALYZE").await?;
+    Ok(())
 }
 
 /// The count-in-90-days segment as DuckDB SQL over the snapshot's events written to Parquet

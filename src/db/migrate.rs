@@ -19,6 +19,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_event_profiles",
         include_str!("../../sql/0005_event_profiles.sql"),
     ),
+    ("0007_exports", include_str!("../../sql/0007_exports.sql")),
+    ("0008_privacy", include_str!("../../sql/0008_privacy.sql")),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{page_of, resource, valid_name, Page, PageQuery};
+use super::{json_body, page_of, resource, valid_name, Page, PageQuery};
 use crate::auth::{self, store as keys, Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::sources::{store as sources, SourceKind};
@@ -78,13 +78,14 @@ fn source_not_found(id: Uuid) -> ApiError {
 /// Creates a source and its write key.
 #[utoipa::path(post, path = "/v1/sources", tag = "admin", request_body = CreateSource,
     responses((status = 201, body = CreatedSource), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn create_source(
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<CreateSource>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::Admin)?;
+    let body: CreateSource = json_body(payload).await?;
     let name = valid_name(&body.name)?;
     let kind = SourceKind::parse(&body.kind)?;
     let write_key = auth::new_secret("wk_");
@@ -105,7 +106,7 @@ pub async fn create_source(
 /// Lists sources, oldest first.
 #[utoipa::path(get, path = "/v1/sources", tag = "admin", params(PageQuery),
     responses((status = 200, body = Page<sources::Source>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn list_sources(
     principal: Principal,
     state: web::Data<AppState>,
@@ -123,7 +124,7 @@ pub async fn list_sources(
 /// One source.
 #[utoipa::path(get, path = "/v1/sources/{id}", tag = "admin", params(("id" = Uuid, Path)),
     responses((status = 200, body = sources::Source), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn get_source(
     principal: Principal,
     state: web::Data<AppState>,
@@ -142,14 +143,15 @@ pub async fn get_source(
 /// Renames, disables or re-enables a source.
 #[utoipa::path(patch, path = "/v1/sources/{id}", tag = "admin", params(("id" = Uuid, Path)), request_body = UpdateSource,
     responses((status = 200, body = sources::Source), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn update_source(
     principal: Principal,
     state: web::Data<AppState>,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateSource>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::Admin)?;
+    let body: UpdateSource = json_body(payload).await?;
     let id = id.into_inner();
     let name = body.name.as_deref().map(valid_name).transpose()?;
     let source = state
@@ -165,7 +167,7 @@ pub async fn update_source(
 /// Deletes a source: its write key stops working; its events stay.
 #[utoipa::path(delete, path = "/v1/sources/{id}", tag = "admin", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn delete_source(
     principal: Principal,
     state: web::Data<AppState>,
@@ -184,13 +186,14 @@ pub async fn delete_source(
 /// Creates an API key with scopes.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "admin", request_body = CreateApiKey,
     responses((status = 201, body = CreatedApiKey), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn create_api_key(
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<CreateApiKey>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::Admin)?;
+    let body: CreateApiKey = json_body(payload).await?;
     let name = valid_name(&body.name)?;
     if body.scopes.is_empty() {
         return Err(ApiError::BadRequest(
@@ -228,7 +231,7 @@ pub async fn create_api_key(
 /// Lists API keys (never their tokens).
 #[utoipa::path(get, path = "/v1/api-keys", tag = "admin", params(PageQuery),
     responses((status = 200, body = Page<keys::ApiKey>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn list_api_keys(
     principal: Principal,
     state: web::Data<AppState>,
@@ -246,7 +249,7 @@ pub async fn list_api_keys(
 /// Revokes an API key at once.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "admin", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["admin"])))]
 pub async fn delete_api_key(
     principal: Principal,
     state: web::Data<AppState>,

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{resource, Page};
+use super::{json_body, resource, Page};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::profiles::computed::ComputedTrait;
@@ -32,14 +32,21 @@ pub struct Refreshed {
 /// Declares (or replaces) a computed trait: `{"name", "kind", "event"?, "property"?, "where"?, "within"?}`.
 #[utoipa::path(post, path = "/v1/computed-traits", tag = "computed traits", request_body = Object,
     responses((status = 201, body = StoredComputedTrait), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn create(
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<Value>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::SegmentsWrite)?;
+    let body: Value = json_body(payload).await?;
     let computed = ComputedTrait::parse(&body).map_err(SegmentError::from)?;
+    if crate::health::is_built_in(&computed.name) {
+        return Err(ApiError::Conflict(format!(
+            "`{}` is a built-in computed trait; choose another name",
+            computed.name
+        )));
+    }
     if !state
         .db
         .timed(store::put_computed_trait(
@@ -70,7 +77,7 @@ pub async fn create(
 /// Every computed trait.
 #[utoipa::path(get, path = "/v1/computed-traits", tag = "computed traits",
     responses((status = 200, body = Page<StoredComputedTrait>), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:read"])))]
 pub async fn list(
     principal: Principal,
     state: web::Data<AppState>,
@@ -86,7 +93,7 @@ pub async fn list(
 /// Deletes a computed trait declared over the API.
 #[utoipa::path(delete, path = "/v1/computed-traits/{name}", tag = "computed traits", params(("name" = String, Path)),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn delete(
     principal: Principal,
     state: web::Data<AppState>,
@@ -114,7 +121,7 @@ pub async fn delete(
 /// Recomputes every computed trait now (the schedule does this too).
 #[utoipa::path(post, path = "/v1/computed-traits/refresh", tag = "computed traits",
     responses((status = 200, body = Refreshed), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn refresh(
     principal: Principal,
     state: web::Data<AppState>,

@@ -3,9 +3,12 @@
 
 pub mod admin;
 pub mod computed;
+pub mod exports;
+pub mod health;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod privacy;
 pub mod profiles;
 pub mod segments;
 pub mod tracking;
@@ -136,7 +139,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(profiles::routes)
             .configure(segments::routes)
             .configure(computed::routes)
+            .configure(health::routes)
             .configure(ops::routes)
+            .configure(privacy::routes)
+            .configure(exports::routes)
             .default_service(web::to(not_found)),
     );
 }
@@ -181,4 +187,27 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 /// A resource that answers unknown methods with a 405 problem.
 pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// Reads and parses a JSON body. Handlers call it only after `caller.require(…)`, so a caller
+/// without the scope gets 403 whatever it sent, and a malformed body is 400 only for one with it
+/// (an extractor would parse the body before the handler could check the scope).
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+) -> Result<T, ApiError> {
+    use futures::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
+        if body.len() + chunk.len() > limits::MAX_JSON_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the JSON body is larger than the {} bytes this endpoint accepts",
+                limits::MAX_JSON_BODY_BYTES
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }

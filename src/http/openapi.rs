@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, computed, ops, profiles, segments, tracking};
+use super::{admin, computed, exports, health, ops, privacy, profiles, segments, tracking};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +17,11 @@ use super::{admin, computed, ops, profiles, segments, tracking};
         segments::create, segments::list, segments::get, segments::replace, segments::delete,
         segments::preview, segments::evaluate, segments::members, segments::history,
         computed::create, computed::list, computed::delete, computed::refresh,
+        health::health,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        privacy::erase_profile, privacy::list_suppressions, privacy::unsuppress,
+        exports::segment_export, exports::profiles_export, exports::events_export,
+        exports::create, exports::get,
     ),
     modifiers(&Security)
 )]

@@ -17,7 +17,11 @@ use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/profiles/lookup").route(web::get().to(lookup)))
-        .service(resource("/v1/profiles/{id}").route(web::get().to(get_profile)))
+        .service(
+            resource("/v1/profiles/{id}")
+                .route(web::get().to(get_profile))
+                .route(web::delete().to(super::privacy::erase_profile)),
+        )
         .service(resource("/v1/profiles/{id}/events").route(web::get().to(timeline)))
         .service(resource("/v1/profiles/{id}/merges").route(web::get().to(merges)));
 }
@@ -38,7 +42,7 @@ async fn live_profile(state: &AppState, id: Uuid) -> Result<Uuid, ApiError> {
 /// The unified profile; a merged-away id answers with the surviving profile.
 #[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles", params(("id" = Uuid, Path)),
     responses((status = 200, body = Profile), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn get_profile(
     principal: Principal,
     state: web::Data<AppState>,
@@ -62,7 +66,7 @@ pub async fn get_profile(
         ("email" = Option<String>, Query), ("phone" = Option<String>, Query),
     ),
     responses((status = 200, body = Profile), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn lookup(
     principal: Principal,
     state: web::Data<AppState>,
@@ -125,7 +129,7 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
 /// The cross-channel timeline: every event of the profile with its source, newest first.
 #[utoipa::path(get, path = "/v1/profiles/{id}/events", tag = "profiles", params(("id" = Uuid, Path), TimelineParams),
     responses((status = 200, body = Page<TimelineEvent>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn timeline(
     principal: Principal,
     state: web::Data<AppState>,
@@ -185,7 +189,7 @@ pub async fn timeline(
 /// which message.
 #[utoipa::path(get, path = "/v1/profiles/{id}/merges", tag = "profiles", params(("id" = Uuid, Path)),
     responses((status = 200, body = Page<Merge>), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["profiles:read"])))]
 pub async fn merges(
     principal: Principal,
     state: web::Data<AppState>,

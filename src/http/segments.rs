@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{page_of, resource, valid_name, Page, PageQuery};
+use super::{json_body, page_of, resource, valid_name, Page, PageQuery};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Problem};
 use crate::profiles::store::{self as profiles, Profile};
@@ -90,13 +90,14 @@ pub struct PreviewResult {
 /// Creates a segment; an invalid definition is a 400 naming the problem.
 #[utoipa::path(post, path = "/v1/segments", tag = "segments", request_body = SegmentBody,
     responses((status = 201, body = Segment), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn create(
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<SegmentBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::SegmentsWrite)?;
+    let body: SegmentBody = json_body(payload).await?;
     let name = valid_name(&body.name)?;
     body.check_storable()?;
     segments::validate(&state.query, &body.definition, None).await?;
@@ -115,7 +116,7 @@ pub async fn create(
 /// Lists segments.
 #[utoipa::path(get, path = "/v1/segments", tag = "segments", params(PageQuery),
     responses((status = 200, body = Page<Segment>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:read"])))]
 pub async fn list(
     principal: Principal,
     state: web::Data<AppState>,
@@ -141,7 +142,7 @@ async fn found(state: &AppState, id: Uuid) -> Result<Segment, ApiError> {
 /// One segment.
 #[utoipa::path(get, path = "/v1/segments/{id}", tag = "segments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Segment), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:read"])))]
 pub async fn get(
     principal: Principal,
     state: web::Data<AppState>,
@@ -154,14 +155,15 @@ pub async fn get(
 /// Replaces a segment's name, description and definition.
 #[utoipa::path(put, path = "/v1/segments/{id}", tag = "segments", params(("id" = Uuid, Path)), request_body = SegmentBody,
     responses((status = 200, body = Segment), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn replace(
     principal: Principal,
     state: web::Data<AppState>,
     id: web::Path<Uuid>,
-    body: web::Json<SegmentBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::SegmentsWrite)?;
+    let body: SegmentBody = json_body(payload).await?;
     let id = id.into_inner();
     let name = valid_name(&body.name)?;
     body.check_storable()?;
@@ -184,7 +186,7 @@ pub async fn replace(
 /// Deletes a segment and its memberships.
 #[utoipa::path(delete, path = "/v1/segments/{id}", tag = "segments", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn delete(
     principal: Principal,
     state: web::Data<AppState>,
@@ -212,13 +214,14 @@ pub async fn delete(
 /// Evaluates a definition without saving anything.
 #[utoipa::path(post, path = "/v1/segments/preview", tag = "segments", request_body = PreviewBody,
     responses((status = 200, body = PreviewResult), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:read"])))]
 pub async fn preview(
     principal: Principal,
     state: web::Data<AppState>,
-    body: web::Json<PreviewBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::SegmentsRead)?;
+    let body: PreviewBody = json_body(payload).await?;
     let started = std::time::Instant::now();
     let (condition, others) = segments::validate(&state.query, &body.definition, None).await?;
     let ids = segments::matching(&state.query, &condition, &others).await?;
@@ -239,7 +242,7 @@ pub async fn preview(
 /// Evaluates a segment now and saves the membership diff.
 #[utoipa::path(post, path = "/v1/segments/{id}/evaluate", tag = "segments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Evaluation), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:write"])))]
 pub async fn evaluate(
     principal: Principal,
     state: web::Data<AppState>,
@@ -258,7 +261,7 @@ pub async fn evaluate(
 /// Members with the time they entered, paged by profile id.
 #[utoipa::path(get, path = "/v1/segments/{id}/members", tag = "segments", params(("id" = Uuid, Path), PageQuery),
     responses((status = 200, body = Page<Member>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:read"])))]
 pub async fn members(
     principal: Principal,
     state: web::Data<AppState>,
@@ -284,7 +287,7 @@ pub async fn members(
 /// Size over time, and entered / exited counts per evaluation, oldest first.
 #[utoipa::path(get, path = "/v1/segments/{id}/history", tag = "segments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Page<Evaluation>), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["segments:read"])))]
 pub async fn history(
     principal: Principal,
     state: web::Data<AppState>,

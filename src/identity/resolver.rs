@@ -36,6 +36,8 @@ pub struct Resolver {
 pub struct BatchOutcome {
     pub events: usize,
     pub merges: usize,
+    /// Events deleted instead of resolved: they carry a suppressed (erased) identifier.
+    pub suppressed: usize,
 }
 
 impl Resolver {
@@ -77,6 +79,9 @@ impl Resolver {
             }
             let outcome = resolve_batch(&mut client, &self.rules, self.batch_size).await?;
             self.metrics.profile_merges.inc_by(outcome.merges as u64);
+            self.metrics
+                .events_suppressed
+                .inc_by(outcome.suppressed as u64);
             if (outcome.events as i64) < self.batch_size {
                 tokio::select! {
                     _ = self.wake.notified() => {}
@@ -266,11 +271,19 @@ pub async fn resolve_batch(
     // commit need not wait for its WAL flush.
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
+    // An erasure holds this exclusively: a batch never works from profiles it deletes.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&crate::privacy::ERASURE_LOCK],
+    )
+    .await?;
     let started = std::time::Instant::now();
     let events = store::pending_events(&tx, limit).await?;
     if events.is_empty() {
         return Ok(BatchOutcome::default());
     }
+    let taken = events.len();
+    let (events, suppressed) = crate::privacy::sweep_pending(&tx, rules, events).await?;
     let read = started.elapsed();
 
     // Every identifier the batch could touch, looked up at once (aliases both ways).
@@ -331,8 +344,9 @@ pub async fn resolve_batch(
         "resolved a batch"
     );
     Ok(BatchOutcome {
-        events: events.len(),
+        events: taken,
         merges: batch.merges.len(),
+        suppressed,
     })
 }
 

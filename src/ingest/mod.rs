@@ -120,6 +120,23 @@ pub async fn ingest(
             auth
         }
     };
+    let mut request = request;
+    let suppressions = state
+        .db
+        .timed(state.suppressions.current(&state.db))
+        .await?;
+    if !suppressions.is_empty() {
+        let before = request.messages.len();
+        request
+            .messages
+            .retain(|m| !crate::privacy::is_suppressed(m, &state.rules, &suppressions));
+        let dropped = (before - request.messages.len()) as u64;
+        if dropped > 0 {
+            // Acknowledged like any other message: SDKs would only retry a refusal.
+            state.metrics.events_suppressed.inc_by(dropped);
+            tracing::debug!(dropped, "messages with suppressed identifiers dropped");
+        }
+    }
     if request.messages.is_empty() {
         return Ok(Accepted {
             stored: 0,

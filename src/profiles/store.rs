@@ -323,10 +323,25 @@ pub async fn write_computed(
     values: &[Value],
     at: DateTime<Utc>,
 ) -> Result<(), DbError> {
+    let mut chunks = ids.chunks(10_000).zip(values.chunks(10_000));
+    write_computed_chunks(db, at, || {
+        chunks.next().map(|(i, v)| (i.to_vec(), v.to_vec()))
+    })
+    .await
+}
+
+/// Replaces every profile's computed values with the chunks `next` makes until it answers
+/// `None`, in one transaction; a chunk is built only when the previous one is written, so a
+/// million profiles' values are never all in memory at once.
+pub async fn write_computed_chunks(
+    db: &Db,
+    at: DateTime<Utc>,
+    mut next: impl FnMut() -> Option<(Vec<Uuid>, Vec<Value>)>,
+) -> Result<(), DbError> {
     let mut client = db.conn().await?;
     let tx = client.transaction().await?;
     tx.execute("DELETE FROM profile_computed", &[]).await?;
-    for (ids, values) in ids.chunks(10_000).zip(values.chunks(10_000)) {
+    while let Some((ids, values)) = next() {
         tx.execute(
             "INSERT INTO profile_computed (profile_id, computed, computed_at)
              SELECT u.id, u.computed, $3 FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, computed)

@@ -37,12 +37,16 @@ pub struct View {
     pub trait_types: BTreeMap<String, DataType>,
     pub profiles: usize,
     pub events: usize,
+    /// The customer-health built-ins derived from this view, computed on first use
+    /// (`crate::health::built_ins`) so every query on the view shares one computation.
+    pub health: Mutex<Option<Arc<crate::health::BuiltIns>>>,
 }
 
 pub struct QueryEngine {
     db: Db,
     snapshot: Mutex<Snapshot>,
     current: RwLock<Arc<View>>,
+    health: crate::health::HealthSettings,
 }
 
 impl QueryEngine {
@@ -53,7 +57,18 @@ impl QueryEngine {
             db,
             snapshot: Mutex::new(empty),
             current: RwLock::new(Arc::new(view)),
+            health: crate::health::HealthSettings::default(),
         })
+    }
+
+    /// Reads the customer-health built-ins with these event and property names.
+    pub fn with_health(mut self, settings: crate::health::HealthSettings) -> Self {
+        self.health = settings;
+        self
+    }
+
+    pub fn health_settings(&self) -> &crate::health::HealthSettings {
+        &self.health
     }
 
     pub fn db(&self) -> &Db {
@@ -123,5 +138,6 @@ async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
         trait_types: tables.trait_types,
         profiles,
         events: snapshot.event_rows,
+        health: Mutex::new(None),
     })
 }

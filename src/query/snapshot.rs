@@ -10,14 +10,18 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
-    StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder,
+    RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder,
 };
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
+
+/// Identifier kinds the `profiles` table carries as columns (the earliest of each kind).
+pub const IDENTITY_COLUMNS: [&str; 3] = ["email", "user_id", "phone"];
 
 /// Rows of events fetched per round trip while catching up.
 const EVENT_CHUNK: i64 = 200_000;
@@ -41,6 +45,8 @@ pub struct Snapshot {
     pub event_rows: usize,
     /// The profile-side batches, rebuilt only after profiles change (new events alone reuse them).
     built: Option<ProfileTables>,
+    /// The privacy epoch last seen: when it moves, profiles may have been erased.
+    privacy_epoch: i64,
 }
 
 #[derive(Clone)]
@@ -89,11 +95,18 @@ impl Snapshot {
         let mut stats = RefreshStats::default();
         let mut new_losers = HashSet::new();
         let client = db.conn().await?;
+        // Read before the changes below, so an erasure committed during this refresh is
+        // caught by the next one at the latest.
+        let epoch = crate::privacy::store::epoch(&**client).await?;
+        if epoch != self.privacy_epoch {
+            stats.profiles_changed += self.forget_erased(&client).await?;
+            self.privacy_epoch = epoch;
+        }
         let rows = client
             .query(
                 "SELECT p.id, p.version, p.merged_into, p.first_seen, p.last_seen, p.event_count, p.traits,
-                        coalesce((SELECT array_agg(i.kind) FROM identities i WHERE i.profile_id = p.id), '{}'),
-                        coalesce((SELECT array_agg(i.value) FROM identities i WHERE i.profile_id = p.id), '{}')
+                        coalesce((SELECT array_agg(i.kind ORDER BY i.first_seen, i.kind, i.value) FROM identities i WHERE i.profile_id = p.id), '{}'),
+                        coalesce((SELECT array_agg(i.value ORDER BY i.first_seen, i.kind, i.value) FROM identities i WHERE i.profile_id = p.id), '{}')
                  FROM profiles p WHERE p.version > $1 ORDER BY p.version",
                 &[&self.profile_version],
             )
@@ -128,7 +141,7 @@ impl Snapshot {
                 },
             );
         }
-        stats.profiles_changed = rows.len();
+        stats.profiles_changed += rows.len();
         if !rows.is_empty() {
             self.built = None;
         }
@@ -202,6 +215,37 @@ impl Snapshot {
             }
         }
         Ok(stats)
+    }
+
+    /// Erased profiles leave no trace in the change feeds (nothing may name them), so after an
+    /// erasure the snapshot asks which of the profiles it knows are gone, and drops them, the
+    /// merges into them and their events. Returns how many it dropped.
+    async fn forget_erased(&mut self, client: &tokio_postgres::Client) -> Result<usize, DbError> {
+        let mut known: Vec<Uuid> = self.profiles.keys().copied().collect();
+        known.extend(self.merges.keys().copied());
+        if known.is_empty() {
+            return Ok(0);
+        }
+        let gone: HashSet<Uuid> = crate::privacy::store::vanished(client, &known)
+            .await?
+            .into_iter()
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        self.profiles.retain(|id, _| !gone.contains(id));
+        self.merges
+            .retain(|loser, winner| !gone.contains(loser) && !gone.contains(winner));
+        let gone_ids: HashSet<String> = gone.iter().map(Uuid::to_string).collect();
+        for batch in &mut self.events {
+            if let Some(kept) = without_profiles(batch, &gone_ids) {
+                *batch = kept;
+            }
+        }
+        self.events.retain(|batch| batch.num_rows() > 0);
+        self.event_rows = self.events.iter().map(RecordBatch::num_rows).sum();
+        self.built = None;
+        Ok(gone.len())
     }
 
     /// Builds the batches the query engine registers.
@@ -314,6 +358,22 @@ impl Snapshot {
             fields.push(Field::new("traits", DataType::Struct(struct_fields), false));
             columns.push(Arc::new(array));
         }
+        // The earliest identifier of each main kind as a column, for exports and SQL conditions
+        // (identities come ordered by first_seen).
+        for kind in IDENTITY_COLUMNS {
+            let mut column = StringBuilder::with_capacity(n, n * 16);
+            for id in &ids {
+                column.append_option(
+                    self.profiles[*id]
+                        .identities
+                        .iter()
+                        .find(|(k, _)| k == kind)
+                        .map(|(_, v)| v.as_str()),
+                );
+            }
+            fields.push(Field::new(kind, DataType::Utf8, true));
+            columns.push(Arc::new(column.finish()));
+        }
         let profiles = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
             .expect("columns match fields");
 
@@ -368,6 +428,19 @@ fn remap_profiles(batch: &RecordBatch, survivors: &HashMap<String, String>) -> O
     let mut columns = batch.columns().to_vec();
     columns[0] = Arc::new(remapped.finish());
     Some(RecordBatch::try_new(batch.schema(), columns).expect("same schema"))
+}
+
+/// `batch` without the rows of the profiles in `gone`, or `None` when it holds none of them.
+fn without_profiles(batch: &RecordBatch, gone: &HashSet<String>) -> Option<RecordBatch> {
+    let ids = batch.column(0).as_string::<i32>();
+    if !ids.iter().flatten().any(|id| gone.contains(id)) {
+        return None;
+    }
+    let keep: BooleanArray = ids
+        .iter()
+        .map(|id| Some(!id.is_some_and(|id| gone.contains(id))))
+        .collect();
+    Some(filter_record_batch(batch, &keep).expect("a mask as long as the batch"))
 }
 
 fn flatten<'a>(prefix: &str, map: &'a Map<String, Value>, out: &mut BTreeMap<String, &'a Value>) {

@@ -35,6 +35,8 @@ pub struct Compiler<'a> {
     segments: &'a HashMap<Uuid, Condition>,
     /// Computed traits conditions may use.
     computed: &'a HashMap<String, ComputedTrait>,
+    /// The customer-health built-ins of this view (`crate::health`), when conditions use them.
+    built_ins: Option<DataFrame>,
 }
 
 fn plan(msg: impl Into<String>) -> QueryError {
@@ -56,7 +58,26 @@ impl<'a> Compiler<'a> {
             now,
             segments,
             computed,
+            built_ins: None,
         })
+    }
+
+    /// Lets conditions use the customer-health built-ins (`per_profile` of this view).
+    pub fn with_built_ins(mut self, per_profile: DataFrame) -> Self {
+        self.built_ins = Some(per_profile);
+        self
+    }
+
+    /// `(profile_id, value)` of a built-in for the profiles that have a value.
+    fn built_in(&self, name: &str) -> Result<DataFrame, QueryError> {
+        let per_profile = self.built_ins.clone().ok_or_else(|| {
+            QueryError::Engine(datafusion::error::DataFusionError::Internal(format!(
+                "the built-in `{name}` was used without the built-ins"
+            )))
+        })?;
+        Ok(per_profile
+            .select(vec![col("profile_id"), col(name).alias("value")])?
+            .filter(col("value").is_not_null())?)
     }
 
     /// Every live profile id.
@@ -112,12 +133,19 @@ impl<'a> Compiler<'a> {
                     .select(vec![col("id").alias("profile_id")])?
             }
             Condition::Computed { name, cmp } => {
-                let computed = self
-                    .computed
-                    .get(name)
-                    .ok_or_else(|| plan(format!("unknown computed trait `{name}`")))?;
-                let values = computed.aggregate(self.events.clone(), self.now)?;
-                let data_type = computed.kind.data_type();
+                let (values, data_type) = match crate::health::built_in_type(name) {
+                    Some(data_type) => (self.built_in(name)?, data_type),
+                    None => {
+                        let computed = self
+                            .computed
+                            .get(name)
+                            .ok_or_else(|| plan(format!("unknown computed trait `{name}`")))?;
+                        (
+                            computed.aggregate(self.events.clone(), self.now)?,
+                            computed.kind.data_type(),
+                        )
+                    }
+                };
                 let what = format!("computed trait `{name}`");
                 match (&data_type, cmp.op) {
                     (_, Op::NotExists) => self
@@ -190,7 +218,7 @@ impl<'a> Compiler<'a> {
     /// computed trait.
     fn profile_view(&self) -> Result<DataFrame, QueryError> {
         let mut view = self.profiles.clone();
-        if self.computed.is_empty() {
+        if self.computed.is_empty() && self.built_ins.is_none() {
             return Ok(view);
         }
         let mut names: Vec<&String> = self.computed.keys().collect();
@@ -212,6 +240,21 @@ impl<'a> Compiler<'a> {
             )?;
             fields.push(lit(name.as_str()));
             fields.push(col(format!("value_{i}")));
+        }
+        if let Some(built_ins) = &self.built_ins {
+            let mut columns = vec![col("profile_id").alias("pid_built_in")];
+            for (name, _) in crate::health::BUILT_INS {
+                columns.push(col(name).alias(format!("built_in_{name}")));
+                fields.push(lit(name));
+                fields.push(col(format!("built_in_{name}")));
+            }
+            view = view.join(
+                built_ins.clone().select(columns)?,
+                JoinType::Left,
+                &["id"],
+                &["pid_built_in"],
+                None,
+            )?;
         }
         let mut columns: Vec<Expr> = self
             .profiles

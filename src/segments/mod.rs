@@ -76,6 +76,8 @@ pub async fn definitions(engine: &QueryEngine) -> Result<Definitions, SegmentErr
     let computed = crate::profiles::store::computed_traits(engine.db())
         .await?
         .into_iter()
+        // A trait stored before a built-in of its name existed is shadowed by the built-in.
+        .filter(|t| !crate::health::is_built_in(&t.name))
         .filter_map(|t| {
             ComputedTrait::parse(&t.definition)
                 .ok()
@@ -100,10 +102,46 @@ pub async fn validate(
     check_references(&condition, own_id, &all.segments)?;
     engine.refresh().await?;
     let view = engine.view();
-    Compiler::new(&view, Utc::now(), &all.segments, &all.computed)
+    compiler(engine, &view, &condition, &all)
         .await?
         .members(&condition)?;
     Ok((condition, all))
+}
+
+/// A compiler over `view` for `condition`, given the customer-health built-ins when the
+/// condition (or a segment it references, or SQL over `computed`) may use them: they are
+/// computed once per view, so conditions that never name one never wait for them.
+async fn compiler<'a>(
+    engine: &QueryEngine,
+    view: &'a crate::query::View,
+    condition: &Condition,
+    all: &'a Definitions,
+) -> Result<Compiler<'a>, SegmentError> {
+    let compiler = Compiler::new(view, Utc::now(), &all.segments, &all.computed).await?;
+    if !uses_built_ins(condition, &all.segments, 0) {
+        return Ok(compiler);
+    }
+    let built_ins = crate::health::built_ins(engine, view).await?;
+    Ok(compiler.with_built_ins(built_ins.per_profile(&view.ctx)?))
+}
+
+fn uses_built_ins(
+    condition: &Condition,
+    segments: &HashMap<Uuid, Condition>,
+    depth: usize,
+) -> bool {
+    let mut uses = false;
+    condition.visit(&mut |c| match c {
+        Condition::Computed { name, .. } => uses |= crate::health::is_built_in(name),
+        Condition::Sql(sql) => uses |= sql.to_ascii_lowercase().contains("computed"),
+        Condition::Segment(id) if depth < 64 => {
+            uses |= segments
+                .get(id)
+                .is_some_and(|inner| uses_built_ins(inner, segments, depth + 1))
+        }
+        _ => {}
+    });
+    uses
 }
 
 fn check_references(
@@ -148,7 +186,7 @@ pub async fn matching(
 ) -> Result<Vec<Uuid>, SegmentError> {
     engine.refresh().await?;
     let view = engine.view();
-    let batches = Compiler::new(&view, Utc::now(), &all.segments, &all.computed)
+    let batches = compiler(engine, &view, condition, all)
         .await?
         .members(condition)?
         .collect()
@@ -197,6 +235,12 @@ pub async fn refresh_computed(engine: &QueryEngine) -> Result<usize, SegmentErro
     let now = Utc::now();
     let events = view.ctx.table("events").await.map_err(QueryError::from)?;
     let mut values: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+    let built_ins = crate::health::built_ins(engine, &view)
+        .await?
+        .per_profile(&view.ctx)?
+        .collect()
+        .await
+        .map_err(QueryError::from)?;
     for (name, computed) in &all.computed {
         let batches = computed
             .aggregate(events.clone(), now)?
@@ -240,18 +284,45 @@ pub async fn refresh_computed(engine: &QueryEngine) -> Result<usize, SegmentErro
             }
         }
     }
-    let (mut ids, mut objects) = (
-        Vec::with_capacity(values.len()),
-        Vec::with_capacity(values.len()),
-    );
-    for (id, object) in values {
-        if let Ok(id) = Uuid::parse_str(&id) {
-            ids.push(id);
-            objects.push(Value::Object(object));
+    // Every live profile has built-ins: walk them in order, adding each profile's declared
+    // values, and build the JSON a chunk at a time as the writer asks for it.
+    let mut rows = built_ins
+        .iter()
+        .flat_map(|batch| (0..batch.num_rows()).map(move |row| (batch, row)));
+    let mut written = 0;
+    let mut leftovers = false;
+    let next = || {
+        let (mut ids, mut objects) = (Vec::new(), Vec::new());
+        for (batch, row) in rows.by_ref() {
+            let Some((id, mut object)) = crate::health::json_row(batch, row) else {
+                continue;
+            };
+            if let Some(declared) = values.remove(&id) {
+                object.extend(declared);
+            }
+            if let Ok(id) = Uuid::parse_str(&id) {
+                ids.push(id);
+                objects.push(Value::Object(object));
+            }
+            if ids.len() == 10_000 {
+                break;
+            }
         }
-    }
-    crate::profiles::store::write_computed(engine.db(), &ids, &objects, now).await?;
-    Ok(ids.len())
+        if ids.is_empty() && !leftovers {
+            // Declared values of profiles the built-ins do not know (none are live).
+            leftovers = true;
+            for (id, object) in values.drain() {
+                if let Ok(id) = Uuid::parse_str(&id) {
+                    ids.push(id);
+                    objects.push(Value::Object(object));
+                }
+            }
+        }
+        written += ids.len();
+        (!ids.is_empty()).then_some((ids, objects))
+    };
+    crate::profiles::store::write_computed_chunks(engine.db(), now, next).await?;
+    Ok(written)
 }
 
 /// Declares the computed traits of the configuration (they replace earlier config versions).
@@ -261,6 +332,12 @@ pub async fn declare_configured(
 ) -> Result<(), SegmentError> {
     for definition in declared {
         let computed = ComputedTrait::parse(definition)?;
+        if crate::health::is_built_in(&computed.name) {
+            return Err(SegmentError::Invalid(format!(
+                "the computed trait `{}` of the configuration has the name of a built-in",
+                computed.name
+            )));
+        }
         crate::profiles::store::put_computed_trait(
             engine.db(),
             &computed.name,

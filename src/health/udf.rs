@@ -1,0 +1,302 @@
+//! Scalar functions the built-ins need beyond DataFusion's own: `pick_number` / `pick_text` read
+//! one property out of an event's JSON text, skipping every other value without building it
+//! (orders, surveys and tickets are read once per snapshot over millions of events), and
+//! `median_gap` turns a profile's order times into its usual interval between orders.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::common::{exec_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::lit;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+
+/// The first of `keys` (in order of preference) that `properties` holds as a number (or a
+/// string holding one), as Float64.
+pub fn pick_number(properties: Expr, keys: &[String]) -> Expr {
+    call(true, properties, keys)
+}
+
+/// `key` of `properties` as text (numbers and booleans in their JSON spelling).
+pub fn pick_text(properties: Expr, key: &str) -> Expr {
+    call(false, properties, &[key.to_string()])
+}
+
+fn call(numeric: bool, properties: Expr, keys: &[String]) -> Expr {
+    let mut args = vec![properties];
+    args.extend(keys.iter().map(|k| lit(k.as_str())));
+    ScalarUDF::new_from_impl(Pick {
+        numeric,
+        signature: Signature::variadic(vec![DataType::Utf8], Volatility::Immutable),
+    })
+    .call(args)
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Pick {
+    numeric: bool,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Pick {
+    fn name(&self) -> &str {
+        if self.numeric {
+            "pick_number"
+        } else {
+            "pick_text"
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(if self.numeric {
+            DataType::Float64
+        } else {
+            DataType::Utf8
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let mut keys = Vec::with_capacity(args.args.len().saturating_sub(1));
+        for arg in &args.args[1..] {
+            match arg {
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some(key))) => keys.push(key.clone()),
+                _ => return exec_err!("{}: keys must be string literals", self.name()),
+            }
+        }
+        let docs = args.args[0].clone().into_array(args.number_rows)?;
+        let Some(docs) = docs.as_string_opt::<i32>() else {
+            return exec_err!("{}: the document must be text", self.name());
+        };
+        let value_of = |i: usize| -> Option<Value> {
+            if docs.is_null(i) {
+                return None;
+            }
+            pick(docs.value(i), &keys, self.numeric)
+        };
+        let out: ArrayRef = if self.numeric {
+            let mut b = Float64Builder::with_capacity(docs.len());
+            for i in 0..docs.len() {
+                b.append_option(value_of(i).and_then(|v| v.as_f64()));
+            }
+            Arc::new(b.finish())
+        } else {
+            let mut b = StringBuilder::with_capacity(docs.len(), docs.len() * 8);
+            for i in 0..docs.len() {
+                match value_of(i) {
+                    None | Some(Value::Null) => b.append_null(),
+                    Some(Value::String(s)) => b.append_value(s),
+                    Some(other) => b.append_value(other.to_string()),
+                }
+            }
+            Arc::new(b.finish())
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// The value of the most preferred key of `keys` present in the JSON object `doc` (for
+/// `numeric`, only values that are numbers or strings holding numbers count), as a number or
+/// as the value itself.
+pub fn pick(doc: &str, keys: &[String], numeric: bool) -> Option<Value> {
+    let mut de = serde_json::Deserializer::from_str(doc);
+    de.deserialize_map(ObjectVisitor { keys, numeric }).ok()?
+}
+
+struct ObjectVisitor<'k> {
+    keys: &'k [String],
+    numeric: bool,
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut best: Option<(usize, Value)> = None;
+        while let Some(found) = map.next_key_seed(KeyIndex(self.keys))? {
+            match found {
+                Some(rank) if best.as_ref().is_none_or(|(b, _)| rank < *b) => {
+                    let value: Value = map.next_value()?;
+                    let value = if self.numeric {
+                        match value {
+                            Value::Number(n) => n.as_f64().map(Value::from),
+                            Value::String(s) => s.trim().parse::<f64>().ok().map(Value::from),
+                            _ => None,
+                        }
+                    } else {
+                        Some(value).filter(|v| !v.is_null())
+                    };
+                    if let Some(value) = value {
+                        best = Some((rank, value));
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(best.map(|(_, v)| v))
+    }
+}
+
+/// Reads an object key and answers its position in the wanted keys, without allocating it.
+struct KeyIndex<'k>(&'k [String]);
+
+impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|k| k == key))
+    }
+}
+
+/// The median interval between consecutive order times (a list of microsecond timestamps), in
+/// days; null with fewer than two orders.
+pub fn median_gap_days(times: Expr) -> Expr {
+    ScalarUDF::new_from_impl(MedianGap {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+    .call(vec![times])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MedianGap {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for MedianGap {
+    fn name(&self) -> &str {
+        "median_gap_days"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let lists = args.args[0].clone().into_array(args.number_rows)?;
+        let Some(lists) = lists.as_list_opt::<i32>() else {
+            return exec_err!("median_gap_days: expected a list of times");
+        };
+        let mut out = Float64Builder::with_capacity(lists.len());
+        let mut times: Vec<i64> = Vec::new();
+        let mut gaps: Vec<i64> = Vec::new();
+        for i in 0..lists.len() {
+            if lists.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let items = lists.value(i);
+            let Some(items) = items.as_primitive_opt::<Int64Type>() else {
+                return exec_err!("median_gap_days: expected microsecond times");
+            };
+            times.clear();
+            times.extend(items.iter().flatten());
+            out.append_option(median_gap(&mut times, &mut gaps));
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+const MICROS_PER_DAY: f64 = 86_400_000_000.0;
+
+fn median_gap(times: &mut [i64], gaps: &mut Vec<i64>) -> Option<f64> {
+    if times.len() < 2 {
+        return None;
+    }
+    times.sort_unstable();
+    gaps.clear();
+    gaps.extend(times.windows(2).map(|w| w[1] - w[0]));
+    gaps.sort_unstable();
+    let n = gaps.len();
+    let median = if n % 2 == 1 {
+        gaps[n / 2] as f64
+    } else {
+        (gaps[n / 2 - 1] as f64 + gaps[n / 2] as f64) / 2.0
+    };
+    Some(median / MICROS_PER_DAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_preferred_key_wins_wherever_it_stands() {
+        let doc = r#"{"total": 50, "nested": {"revenue": 1}, "revenue": "42.5"}"#;
+        assert_eq!(
+            pick(doc, &keys(&["revenue", "total"]), true),
+            Some(json!(42.5))
+        );
+        assert_eq!(
+            pick(r#"{"total": 50}"#, &keys(&["revenue", "total"]), true),
+            Some(json!(50.0))
+        );
+        assert_eq!(
+            pick(
+                r#"{"revenue": "n/a", "total": 7}"#,
+                &keys(&["revenue", "total"]),
+                true
+            ),
+            Some(json!(7.0))
+        );
+        assert_eq!(pick(r#"{"a\"b": 1}"#, &keys(&["revenue"]), true), None);
+        assert_eq!(pick("not json", &keys(&["revenue"]), true), None);
+        assert_eq!(
+            pick(
+                r#"{"survey": "NPS", "score": 9}"#,
+                &keys(&["survey"]),
+                false
+            ),
+            Some(json!("NPS"))
+        );
+    }
+
+    #[test]
+    fn the_usual_interval_is_the_median_gap_between_orders() {
+        let day = MICROS_PER_DAY as i64;
+        let mut gaps = Vec::new();
+        assert_eq!(median_gap(&mut [5 * day], &mut gaps), None);
+        assert_eq!(
+            median_gap(&mut [40 * day, 0, 10 * day], &mut gaps),
+            Some(20.0)
+        );
+        assert_eq!(
+            median_gap(&mut [0, 10 * day, 20 * day, 50 * day], &mut gaps),
+            Some(10.0)
+        );
+    }
+}
