@@ -6,6 +6,8 @@ pub mod migrate;
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +24,28 @@ pub struct Db {
     op_timeout: Duration,
     /// Requests allowed to queue for a connection (0: unbounded).
     max_waiting: usize,
+    /// Requests inside `pool.get()` right now (background work is not counted).
+    requests_in_line: Arc<AtomicUsize>,
+}
+
+tokio::task_local! {
+    /// Set while an HTTP request is served: only requests are shed when too many queue for a
+    /// connection; background work (resolver, exports, snapshot) waits its turn.
+    static REQUEST_PATH: ();
+}
+
+/// Runs `work` as request-path work (see `Db::conn`).
+pub async fn on_request_path<F: Future>(work: F) -> F::Output {
+    REQUEST_PATH.scope((), work).await
+}
+
+/// Leaves the line of requests waiting for a connection when dropped.
+struct InLine<'a>(&'a AtomicUsize);
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Why a database operation failed, split by what the client should do about it.
@@ -135,6 +159,7 @@ impl Db {
             pool,
             op_timeout: Duration::from_secs(settings.statement_timeout_secs),
             max_waiting: settings.max_waiting,
+            requests_in_line: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -142,29 +167,24 @@ impl Db {
         &self.pool
     }
 
-    /// A pooled connection; `Unavailable` when none can be had in time, `Saturated` at once
-    /// when `max_waiting` requests already queue for one (queueing longer only adds latency
-    /// to requests that will time out anyway).
+    /// A pooled connection; `Unavailable` when none can be had in time. On the request path,
+    /// `Saturated` at once when `max_waiting` requests already wait for one: queueing longer
+    /// only adds latency to requests that would time out anyway.
     pub async fn conn(&self) -> Result<deadpool_postgres::Object, DbError> {
-        if self.max_waiting > 0 {
-            let waiting = self.waiting();
-            if waiting >= self.max_waiting {
-                return Err(DbError::Saturated(waiting));
-            }
+        if self.max_waiting == 0 || REQUEST_PATH.try_with(|_| ()).is_err() {
+            return Ok(self.pool.get().await?);
         }
-        Ok(self.pool.get().await?)
-    }
-
-    /// Callers queued for a slot: every pool user beyond `max_size` (users who will create a
-    /// fresh connection are not waiting).
-    fn waiting(&self) -> usize {
-        let status = self.pool.status();
-        let users = if status.waiting > 0 {
-            status.size + status.waiting
-        } else {
-            status.size.saturating_sub(status.available)
-        };
-        users.saturating_sub(status.max_size)
+        let ahead = self.requests_in_line.fetch_add(1, Ordering::SeqCst);
+        let in_line = InLine(&self.requests_in_line);
+        // With a free connection `get` returns at once, so those counted are (almost) only the
+        // ones truly waiting; beyond the pool's size every caller waits.
+        let waiting = ahead.saturating_sub(self.pool.status().available);
+        if waiting >= self.max_waiting {
+            return Err(DbError::Saturated(waiting));
+        }
+        let conn = self.pool.get().await;
+        drop(in_line);
+        Ok(conn?)
     }
 
     /// Runs a request-path database operation under the time budget: a hung database becomes a

@@ -200,7 +200,9 @@ async fn profiles_frame(engine: &QueryEngine, view: &View) -> Result<DataFrame, 
     ] {
         taken.insert(fixed.to_string());
     }
-    for name in view.trait_types.keys() {
+    // A trait named "" (a client may send one) has no column of its own: struct field access
+    // refuses empty names. It stays in the `traits` JSON column.
+    for name in view.trait_types.keys().filter(|name| !name.is_empty()) {
         let alias = column_name("trait_", name, &mut taken);
         columns.push(get_field(col("traits"), name.as_str()).alias(alias));
     }

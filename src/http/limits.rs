@@ -40,6 +40,7 @@ pub async fn within<B>(
     deadline: Option<Deadline>,
     call: impl Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
 ) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let call = crate::db::on_request_path(call);
     let Some(Deadline { limit, metrics }) = deadline else {
         return call.await;
     };

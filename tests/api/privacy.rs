@@ -154,7 +154,7 @@ async fn erasing_a_profile_leaves_no_row_anywhere_naming_it_or_its_identifiers()
     assert_eq!(evaluated.json::<Value>().await.unwrap()["count"], 2);
     let declared = app
         .admin(Method::POST, "/v1/computed-traits")
-        .json(&json!({"name": "orders", "kind": "count", "event": "Order Completed"}))
+        .json(&json!({"name": "order_count", "kind": "count", "event": "Order Completed"}))
         .send()
         .await
         .unwrap();

@@ -776,3 +776,63 @@ async fn an_event_whose_json_cannot_be_read_is_still_resolved_and_shown() {
     let timeline = app.get_json(&format!("/v1/profiles/{id}/events")).await;
     assert_eq!(timeline["items"][0]["type"], "identify");
 }
+
+#[tokio::test]
+async fn a_trait_with_an_empty_name_does_not_break_exports() {
+    // Found by the fuzz run: `{"traits": {"": …}}` made every profile export a 500.
+    let app = spawn_app().await;
+    let (_, key) = app.create_source("Web", "web").await;
+    let identify =
+        json!({"userId": "u", "traits": {"": "blank", "plan": "pro", "email": "u@example.com"}});
+    assert_eq!(
+        app.post_tracking("/v1/identify", &key, &identify)
+            .await
+            .status(),
+        200
+    );
+    app.settle().await;
+    let segment = app
+        .admin(reqwest::Method::POST, "/v1/segments")
+        .json(&json!({"name": "Emails", "definition": {"identity": "email", "op": "exists"}}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let segment_id = segment["id"].as_str().unwrap();
+    let evaluated = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/v1/segments/{segment_id}/evaluate"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(evaluated.status(), 200);
+
+    for path in [
+        "/v1/exports/profiles?format=ndjson".to_string(),
+        format!("/v1/segments/{segment_id}/export?format=ndjson"),
+    ] {
+        let response = app.admin(reqwest::Method::GET, &path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let body = response.text().await.unwrap();
+        let row: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+        assert_eq!(row["trait_plan"], "pro", "{path}: {row}");
+        let traits = match &row["traits"] {
+            Value::String(text) => serde_json::from_str(text).unwrap(),
+            other => other.clone(),
+        };
+        assert_eq!(traits[""], "blank", "{path}: the JSON keeps it: {row}");
+    }
+    let unknown = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/segments/{segment_id}/export?format=ndjson&fields=%C2%B5"),
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(unknown, 400).await;
+}
