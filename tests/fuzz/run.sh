@@ -15,6 +15,7 @@ venv=${KIZUNA_FUZZ_VENV:-$HOME/.cache/kizuna-fuzz-venv}
 schemathesis_version=4.32.5
 pg=${TEST_PG_ADDR:-127.0.0.1:5432}
 work=target/fuzz
+rm -rf "$work/report" "$work/exports"
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
@@ -48,6 +49,7 @@ DATABASE_URL="postgres://postgres@$pg/$db" \
 KIZUNA__SERVER__BIND="127.0.0.1:$port" \
 KIZUNA__AUTH__ADMIN_TOKEN="$token" \
 KIZUNA__QUERY__SCHEDULE_EVERY_SECS=0 \
+KIZUNA__EXPORTS__DIR="$work/exports" \
 KIZUNA__LOG__LEVEL=warn \
   "$bin" serve >"$work/server.log" 2>&1 &
 pid=$!
