@@ -76,6 +76,8 @@ segment_id=$(admin -d '{"name":"fuzz","definition":{"identity":"email","op":"exi
 curl -fsS -u "$write_key:" -H 'content-type: application/json' \
   -d '{"userId":"fuzz-user","traits":{"email":"fuzz@example.com","plan":"pro"}}' \
   "$base/v1/identify" >/dev/null
+# Seeds for endpoints that may come and go: a failure here only means fewer seeded ids.
+export_id=$({ admin -d '{"what":"profiles","format":"csv"}' "$base/v1/exports" | json_field id; } 2>/dev/null) || true
 profile_id=""
 for _ in $(seq 1 50); do
   profile_id=$({ admin "$base/v1/profiles/lookup?user_id=fuzz-user" | json_field id; } 2>/dev/null) && break
@@ -93,7 +95,7 @@ username = "\${KIZUNA_FUZZ_WRITE_KEY}"
 password = ""
 
 [dictionaries.ids]
-values = ["$source_id", "$key_id", "$segment_id", "$profile_id", "../../etc/passwd", "%2e%2e%2f"]
+values = ["$source_id", "$key_id", "$segment_id", "$profile_id", "$export_id", "../../etc/passwd", "%2e%2e%2f"]
 
 [parameters]
 "path.id" = { dictionary = "ids", probability = 0.5 }
