@@ -23,6 +23,9 @@ pub struct ExportBench {
     /// `parquet` (the benchmark), `csv` or `ndjson`.
     #[arg(long, default_value = "parquet")]
     pub format: String,
+    /// Columns to export (`fields=`); all of them when absent.
+    #[arg(long)]
+    pub fields: Option<String>,
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pub server: String,
     #[arg(long)]
@@ -92,8 +95,12 @@ pub async fn run(args: ExportBench, settings: Settings) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut response = client
             .get(format!(
-                "http://{address}/v1/exports/profiles?format={}",
-                args.format
+                "http://{address}/v1/exports/profiles?format={}{}",
+                args.format,
+                args.fields
+                    .as_deref()
+                    .map(|f| format!("&fields={}", urlencoding::encode(f)))
+                    .unwrap_or_default()
             ))
             .bearer_auth(&token)
             .send()

@@ -182,7 +182,14 @@ fn computed_columns(
 /// One row a profile: `profile_id`, `email` / `user_id` / `phone`, `trait_<name>` typed as the
 /// snapshot inferred, `traits` (all of them as JSON), `computed_<name>`, `event_count`,
 /// `first_seen`, `last_seen`.
-async fn profiles_frame(engine: &QueryEngine, view: &View) -> Result<DataFrame, ExportError> {
+///
+/// The customer-health built-ins are joined only when they can be wanted (no `fields`, or a
+/// `computed_` field): the join holds a copy of a million profiles' built-ins.
+async fn profiles_frame(
+    engine: &QueryEngine,
+    view: &View,
+    with_built_ins: bool,
+) -> Result<DataFrame, ExportError> {
     let profiles = view.ctx.table("profiles").await?;
     let mut taken: HashSet<String> = HashSet::new();
     let mut columns = vec![col("id").alias("profile_id")];
@@ -229,6 +236,9 @@ async fn profiles_frame(engine: &QueryEngine, view: &View) -> Result<DataFrame, 
                 None,
             )?
             .drop_columns(&["__computed_profile"])?;
+    }
+    if !with_built_ins {
+        return Ok(frame);
     }
     // The customer-health built-ins (clv, nps_group, rfm, …): one frame, computed once per
     // snapshot view and shared with segments and the health report.
@@ -279,6 +289,7 @@ async fn segment_frame(
     engine: &QueryEngine,
     view: &View,
     id: Uuid,
+    with_built_ins: bool,
 ) -> Result<DataFrame, ExportError> {
     let segment = crate::segments::store::get(engine.db(), id)
         .await?
@@ -307,7 +318,7 @@ async fn segment_frame(
     )
     .map_err(datafusion::error::DataFusionError::from)?;
     let members = view.ctx.read_batch(batch)?;
-    Ok(profiles_frame(engine, view)
+    Ok(profiles_frame(engine, view, with_built_ins)
         .await?
         .join(
             members,
@@ -327,10 +338,12 @@ pub async fn plan(
 ) -> Result<DataFrame, ExportError> {
     engine.refresh().await?;
     let view = engine.view();
+    let with_built_ins =
+        fields.is_none_or(|fields| fields.iter().any(|f| f.starts_with("computed_")));
     let frame = match what {
-        What::Profiles => profiles_frame(engine, &view).await?,
+        What::Profiles => profiles_frame(engine, &view, with_built_ins).await?,
         What::Events { since } => events_frame(&view, *since).await?,
-        What::Segment(id) => segment_frame(engine, &view, *id).await?,
+        What::Segment(id) => segment_frame(engine, &view, *id, with_built_ins).await?,
     };
     let Some(fields) = fields else {
         return Ok(frame);
