@@ -188,22 +188,7 @@ pub async fn run(args: HealthBench, settings: Settings) -> anyhow::Result<()> {
     let (detractors_ms, detractors_report) = best_of_three(engine, Some(detractors.id)).await?;
 
     // 10,000 new orders, an incremental refresh, then the first report on the new view.
-    db.conn()
-        .await?
-        .execute(
-            "WITH stored AS (
-                 INSERT INTO events (source_id, message_id, type, event, ts, received_at, properties)
-                 SELECT '00000000-0000-7000-8000-000000000001', 'late-' || g, 'track', 'Order Completed',
-                        now(), now(), '{\"revenue\": 10, \"currency\": \"EUR\"}'
-                 FROM generate_series(1, 10000) g
-                 RETURNING seq, ts)
-             INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
-             SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + seq % $1::int8), 12, '0'))::uuid,
-                    nextval('event_resolutions')
-             FROM stored",
-            &[&args.profiles],
-        )
-        .await?;
+    super::segments::seed_late_orders(&db, args.profiles).await?;
     let started = Instant::now();
     let refreshed = engine.refresh().await?;
     let refresh_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -100,22 +100,7 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     let mixed_secs = started.elapsed().as_secs_f64();
 
     // 10,000 new resolved events, then an incremental refresh.
-    db.conn()
-        .await?
-        .execute(
-            "WITH stored AS (
-                 INSERT INTO events (source_id, message_id, type, event, ts, received_at, properties)
-                 SELECT '00000000-0000-7000-8000-000000000001', 'late-' || g, 'track', 'Order Completed',
-                        now(), now(), '{\"revenue\": 10, \"currency\": \"EUR\"}'
-                 FROM generate_series(1, 10000) g
-                 RETURNING seq, ts)
-             INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
-             SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + seq % $1::int8), 12, '0'))::uuid,
-                    nextval('event_resolutions')
-             FROM stored",
-            &[&args.profiles],
-        )
-        .await?;
+    seed_late_orders(&db, args.profiles).await?;
     let started = Instant::now();
     let refreshed = engine.refresh().await?;
     let refresh_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -145,6 +130,28 @@ pub async fn run(args: SegmentsBench, settings: Settings) -> anyhow::Result<()> 
     handle.stop(true).await;
     server.await??;
     bench.finish(args.keep).await
+}
+
+/// 10,000 new resolved `Order Completed` events spread over the seeded profiles, stamped now:
+/// what an incremental refresh then has to pick up.
+pub async fn seed_late_orders(db: &crate::db::Db, profiles: i64) -> anyhow::Result<()> {
+    db.conn()
+        .await?
+        .execute(
+            "WITH stored AS (
+                 INSERT INTO events (source_id, message_id, type, event, ts, received_at, properties)
+                 SELECT '00000000-0000-7000-8000-000000000001', 'late-' || g, 'track', 'Order Completed',
+                        now(), now(), '{\"revenue\": 10, \"currency\": \"EUR\"}'
+                 FROM generate_series(1, 10000) g
+                 RETURNING seq, ts)
+             INSERT INTO event_profiles (seq, ts, profile_id, resolved_seq)
+             SELECT seq, ts, ('00000000-0000-7000-8000-' || lpad(to_hex(1 + seq % $1::int8), 12, '0'))::uuid,
+                    nextval('event_resolutions')
+             FROM stored",
+            &[&profiles],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Seeds `profiles` profiles (with a `user_id` each and traits plan, country, age, vip) and

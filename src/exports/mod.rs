@@ -224,18 +224,10 @@ async fn profiles_frame(
     for (name, values) in computed_columns(&events, &definitions.computed, Utc::now())? {
         let alias = column_name("computed_", &name, &mut taken);
         let values = values.select(vec![
-            col("profile_id").alias("__computed_profile"),
+            col("profile_id").alias(JOIN_KEY),
             col("value").alias(alias),
         ])?;
-        frame = frame
-            .join(
-                values,
-                JoinType::Left,
-                &["profile_id"],
-                &["__computed_profile"],
-                None,
-            )?
-            .drop_columns(&["__computed_profile"])?;
+        frame = join_on_profile(frame, values, JoinType::Left)?;
     }
     if !with_built_ins {
         return Ok(frame);
@@ -245,23 +237,29 @@ async fn profiles_frame(
     let built_ins = crate::health::built_ins(engine, view)
         .await?
         .per_profile(&view.ctx)?;
-    let mut columns = vec![col("profile_id").alias("__builtin_profile")];
+    let mut columns = vec![col("profile_id").alias(JOIN_KEY)];
     for field in built_ins.schema().fields() {
         let name = field.name();
         if name != "profile_id" {
             columns.push(col(name.as_str()).alias(column_name("computed_", name, &mut taken)));
         }
     }
-    frame = frame
-        .join(
-            built_ins.select(columns)?,
-            JoinType::Left,
-            &["profile_id"],
-            &["__builtin_profile"],
-            None,
-        )?
-        .drop_columns(&["__builtin_profile"])?;
+    frame = join_on_profile(frame, built_ins.select(columns)?, JoinType::Left)?;
     Ok(frame)
+}
+
+/// The key column a frame joined to the profiles carries (dropped after the join).
+const JOIN_KEY: &str = "__profile";
+
+/// `frame` (keyed by `profile_id`) joined with `values` (keyed by `JOIN_KEY`).
+fn join_on_profile(
+    frame: DataFrame,
+    values: DataFrame,
+    how: JoinType,
+) -> Result<DataFrame, ExportError> {
+    Ok(frame
+        .join(values, how, &["profile_id"], &[JOIN_KEY], None)?
+        .drop_columns(&[JOIN_KEY])?)
 }
 
 /// One row an event: `profile_id` (the survivor's), `type`, `event`, `ts`, `properties` (JSON).
@@ -308,7 +306,7 @@ async fn segment_frame(
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new(
-                "__member",
+                JOIN_KEY,
                 datafusion::arrow::datatypes::DataType::Utf8,
                 false,
             ),
@@ -318,16 +316,11 @@ async fn segment_frame(
     )
     .map_err(datafusion::error::DataFusionError::from)?;
     let members = view.ctx.read_batch(batch)?;
-    Ok(profiles_frame(engine, view, with_built_ins)
-        .await?
-        .join(
-            members,
-            JoinType::Inner,
-            &["profile_id"],
-            &["__member"],
-            None,
-        )?
-        .drop_columns(&["__member"])?)
+    join_on_profile(
+        profiles_frame(engine, view, with_built_ins).await?,
+        members,
+        JoinType::Inner,
+    )
 }
 
 /// Plans an export over a fresh snapshot, keeping only `fields` (in their order) when given.

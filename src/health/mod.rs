@@ -10,6 +10,7 @@ pub mod report;
 pub mod settings;
 mod udf;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -25,7 +26,7 @@ use datafusion::logical_expr::{cast, not, when, Expr, ExprFunctionExt};
 use datafusion::prelude::{col, lit, DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 
-use crate::query::{QueryEngine, QueryError, View};
+use crate::query::{json, QueryEngine, QueryError, View};
 pub use settings::HealthSettings;
 
 /// The built-in computed traits and what their values are, for type-checking segment
@@ -140,6 +141,39 @@ fn null_text() -> Expr {
     lit(ScalarValue::Utf8(None))
 }
 
+/// The columns of a fact row, in order; a fact leaves null what it does not carry.
+const FACT_TIMES: [&str; 3] = ["last_seen", "order_ts", "answered_at"];
+const FACT_COLUMNS: [&str; 9] = [
+    "profile_id",
+    "last_seen",
+    "order_ts",
+    "amount",
+    "refund",
+    "answered_at",
+    "nps",
+    "csat",
+    "minutes",
+];
+
+/// `frame` as fact rows: each column of `FACT_COLUMNS` from `given`, else a typed null.
+fn fact_rows(frame: DataFrame, given: Vec<(&str, Expr)>) -> Result<DataFrame, QueryError> {
+    let mut given: HashMap<&str, Expr> = given.into_iter().collect();
+    let columns = FACT_COLUMNS
+        .iter()
+        .map(|&name| {
+            let value = given.remove(name).unwrap_or_else(|| {
+                if FACT_TIMES.contains(&name) {
+                    lit(ScalarValue::TimestampMicrosecond(None, Some("UTC".into())))
+                } else {
+                    lit(ScalarValue::Float64(None))
+                }
+            });
+            value.alias(name)
+        })
+        .collect::<Vec<_>>();
+    Ok(frame.select(columns)?)
+}
+
 /// Counts boolean rows that hold (a null counts as not holding).
 fn rows_where(condition: Expr) -> Expr {
     sum(cast(condition, DataType::Int64))
@@ -166,7 +200,7 @@ async fn compute(
         .filter(ticket_event)?
         .select(vec![
             col("profile_id"),
-            udf::pick_text(col("properties"), &s.ticket_id_property).alias("ticket"),
+            crate::query::json::pick_text(col("properties"), &s.ticket_id_property).alias("ticket"),
             col("event")
                 .eq(lit(s.ticket_created_event.as_str()))
                 .alias("opens"),
@@ -204,57 +238,34 @@ async fn compute(
     // Every fact about a profile becomes one row of the same shape (profile rows carry
     // `last_seen`, orders `order_ts` and `amount`, …), so one aggregate by profile gathers them
     // all: no join of a million profiles with each kind of event.
-    let time = || lit(ScalarValue::TimestampMicrosecond(None, Some("UTC".into())));
-    let number = || lit(ScalarValue::Float64(None));
-    let facts_of_profiles = profiles.select(vec![
-        col("id").alias("profile_id"),
-        col("last_seen"),
-        time().alias("order_ts"),
-        number().alias("amount"),
-        number().alias("refund"),
-        time().alias("answered_at"),
-        number().alias("nps"),
-        number().alias("csat"),
-        number().alias("minutes"),
-    ])?;
-    let facts_of_tickets = ctx.read_table(tickets.clone())?.select(vec![
-        col("profile_id"),
-        time().alias("last_seen"),
-        time().alias("order_ts"),
-        number().alias("amount"),
-        number().alias("refund"),
-        time().alias("answered_at"),
-        number().alias("nps"),
-        number().alias("csat"),
-        col("minutes"),
-    ])?;
+    let facts_of_profiles = fact_rows(
+        profiles,
+        vec![("profile_id", col("id")), ("last_seen", col("last_seen"))],
+    )?;
+    let facts_of_tickets = fact_rows(
+        ctx.read_table(tickets.clone())?,
+        vec![
+            ("profile_id", col("profile_id")),
+            ("minutes", col("minutes")),
+        ],
+    )?;
     // Each kind of event is its own branch, so each event's JSON is read once, for the
     // properties its kind has.
     let of_event = |event: &str| events.clone().filter(col("event").eq(lit(event)));
-    let value = || udf::pick_number(col("properties"), &s.order_value_properties);
-    let facts_of_orders = of_event(&s.order_event)?.select(vec![
-        col("profile_id"),
-        time().alias("last_seen"),
-        col("ts").alias("order_ts"),
-        // An order without a value still counts as an order, worth nothing.
-        coalesce(vec![value(), lit(0.0)]).alias("amount"),
-        number().alias("refund"),
-        time().alias("answered_at"),
-        number().alias("nps"),
-        number().alias("csat"),
-        number().alias("minutes"),
-    ])?;
-    let facts_of_refunds = of_event(&s.refund_event)?.select(vec![
-        col("profile_id"),
-        time().alias("last_seen"),
-        time().alias("order_ts"),
-        number().alias("amount"),
-        value().alias("refund"),
-        time().alias("answered_at"),
-        number().alias("nps"),
-        number().alias("csat"),
-        number().alias("minutes"),
-    ])?;
+    let value = || json::pick_number(col("properties"), &s.order_value_properties);
+    let facts_of_orders = fact_rows(
+        of_event(&s.order_event)?,
+        vec![
+            ("profile_id", col("profile_id")),
+            ("order_ts", col("ts")),
+            // An order without a value still counts as an order, worth nothing.
+            ("amount", coalesce(vec![value(), lit(0.0)])),
+        ],
+    )?;
+    let facts_of_refunds = fact_rows(
+        of_event(&s.refund_event)?,
+        vec![("profile_id", col("profile_id")), ("refund", value())],
+    )?;
     let answer = |name: &str, low: f64, high: f64| -> Result<Expr, QueryError> {
         Ok(when(
             col("survey")
@@ -264,25 +275,22 @@ async fn compute(
         )
         .end()?)
     };
-    let facts_of_surveys = of_event(&s.survey_event)?
-        .select(vec![
-            col("profile_id"),
-            col("ts"),
-            lower(udf::pick_text(col("properties"), &s.survey_property)).alias("survey"),
-            udf::pick_number(col("properties"), std::slice::from_ref(&s.score_property))
-                .alias("score"),
-        ])?
-        .select(vec![
-            col("profile_id"),
-            time().alias("last_seen"),
-            time().alias("order_ts"),
-            number().alias("amount"),
-            number().alias("refund"),
-            col("ts").alias("answered_at"),
-            answer(&s.nps_survey, 0.0, 10.0)?.alias("nps"),
-            answer(&s.csat_survey, 1.0, 5.0)?.alias("csat"),
-            number().alias("minutes"),
-        ])?;
+    let surveys = of_event(&s.survey_event)?.select(vec![
+        col("profile_id"),
+        col("ts"),
+        lower(json::pick_text(col("properties"), &s.survey_property)).alias("survey"),
+        json::pick_number(col("properties"), std::slice::from_ref(&s.score_property))
+            .alias("score"),
+    ])?;
+    let facts_of_surveys = fact_rows(
+        surveys,
+        vec![
+            ("profile_id", col("profile_id")),
+            ("answered_at", col("ts")),
+            ("nps", answer(&s.nps_survey, 0.0, 10.0)?),
+            ("csat", answer(&s.csat_survey, 1.0, 5.0)?),
+        ],
+    )?;
     let latest = |answer: &str| -> Result<Expr, QueryError> {
         Ok(last_value_udaf()
             .call(vec![col(answer)])

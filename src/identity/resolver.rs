@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::decide::{decide, ProfileFacts, Target};
 use super::store::{self, PendingEvent, ProfileRows};
-use super::{Identifier, IdentityRules, MessageIds, ANONYMOUS_ID, USER_ID};
+use super::{Identifier, IdentityRules, ANONYMOUS_ID, USER_ID};
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::profiles::traits::{self, Observation};
@@ -167,7 +167,7 @@ impl Batch {
             Some(prev) if self.owner(&Identifier::new(USER_ID, prev.trim())).is_some() => USER_ID,
             _ => ANONYMOUS_ID,
         };
-        let ids = rules.extract(&ids_of(event, previous_kind));
+        let ids = rules.extract(&event.ids(previous_kind));
         if ids.is_empty() {
             self.attributed.push((event.seq, None));
             return;
@@ -231,18 +231,6 @@ impl Batch {
     }
 }
 
-fn ids_of<'a>(event: &'a PendingEvent, previous_kind: &'a str) -> MessageIds<'a> {
-    MessageIds {
-        user_id: event.user_id.as_deref(),
-        anonymous_id: event.anonymous_id.as_deref(),
-        previous_id: event.previous_id.as_deref(),
-        previous_kind,
-        traits: event.traits.as_ref().and_then(Value::as_object),
-        context_traits: event.context_traits.as_ref().and_then(Value::as_object),
-        external_ids: event.external_ids.as_ref(),
-    }
-}
-
 /// An identify's traits: `context.traits` overlaid by the top-level `traits`.
 fn identify_traits(event: &PendingEvent) -> Option<Map<String, Value>> {
     if event.kind != "identify" {
@@ -290,7 +278,7 @@ pub async fn resolve_batch(
     let mut wanted: HashSet<Identifier> = HashSet::new();
     for event in &events {
         for kind in [USER_ID, ANONYMOUS_ID] {
-            wanted.extend(rules.extract(&ids_of(event, kind)));
+            wanted.extend(rules.extract(&event.ids(kind)));
         }
     }
     let (kinds, values): (Vec<&str>, Vec<&str>) = wanted

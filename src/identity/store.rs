@@ -21,6 +21,21 @@ pub struct PendingEvent {
     pub external_ids: Option<Value>,
 }
 
+impl PendingEvent {
+    /// The event's identifier fields, with an alias's `previousId` read as `previous_kind`.
+    pub fn ids<'a>(&'a self, previous_kind: &'a str) -> super::MessageIds<'a> {
+        super::MessageIds {
+            user_id: self.user_id.as_deref(),
+            anonymous_id: self.anonymous_id.as_deref(),
+            previous_id: self.previous_id.as_deref(),
+            previous_kind,
+            traits: self.traits.as_ref().and_then(Value::as_object),
+            context_traits: self.context_traits.as_ref().and_then(Value::as_object),
+            external_ids: self.external_ids.as_ref(),
+        }
+    }
+}
+
 pub async fn pending_events(
     tx: &Transaction<'_>,
     limit: i64,

@@ -93,7 +93,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
         .into_iter()
         .map(|(kind, value)| Identifier { kind, value })
         .collect();
-    let hashes: HashSet<IdentifierHash> = identifiers
+    let hashes: Vec<IdentifierHash> = identifiers
         .iter()
         .map(|i| identifier_hash(&i.kind, &i.value))
         .collect();
@@ -109,10 +109,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
     let first_seen = store::earliest_seen(&tx, &profile_ids).await?;
     let deleted = store::delete_profiles(&tx, &profile_ids, &carrying).await?;
     let kinds: Vec<&str> = identifiers.iter().map(|i| i.kind.as_str()).collect();
-    let hash_values: Vec<Vec<u8>> = identifiers
-        .iter()
-        .map(|i| identifier_hash(&i.kind, &i.value).to_vec())
-        .collect();
+    let hash_values: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
     let suppressed = store::suppress(&tx, &kinds, &hash_values, "erasure").await?;
     tx.commit().await?;
     Ok(Erasure {
@@ -129,17 +126,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
 fn pending_hashes(event: &PendingEvent, rules: &IdentityRules) -> Vec<IdentifierHash> {
     [USER_ID, ANONYMOUS_ID]
         .into_iter()
-        .flat_map(|previous_kind| {
-            rules.extract(&MessageIds {
-                user_id: event.user_id.as_deref(),
-                anonymous_id: event.anonymous_id.as_deref(),
-                previous_id: event.previous_id.as_deref(),
-                previous_kind,
-                traits: event.traits.as_ref().and_then(Value::as_object),
-                context_traits: event.context_traits.as_ref().and_then(Value::as_object),
-                external_ids: event.external_ids.as_ref(),
-            })
-        })
+        .flat_map(|previous_kind| rules.extract(&event.ids(previous_kind)))
         .map(|i| identifier_hash(&i.kind, &i.value))
         .collect()
 }
