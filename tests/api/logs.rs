@@ -118,15 +118,16 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
     assert_eq!(bad.status(), 400);
 
     // Lookups carry the values in their query strings.
-    let mut found = false;
-    for _ in 0..100 {
-        let by_email = client
+    let lookup = |kind: &'static str, value: &'static str| {
+        client
             .get(format!("{base}/v1/profiles/lookup"))
-            .query(&[("email", EMAIL)])
+            .query(&[(kind, value)])
             .bearer_auth(&token)
             .send()
-            .await
-            .unwrap();
+    };
+    let mut found = false;
+    for _ in 0..100 {
+        let by_email = lookup("email", EMAIL).await.unwrap();
         if by_email.status() == 200 {
             found = true;
             break;
@@ -134,29 +135,11 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(found, "the profile was resolved");
-    let by_phone = client
-        .get(format!("{base}/v1/profiles/lookup"))
-        .query(&[("phone", PHONE)])
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let by_phone = lookup("phone", PHONE).await.unwrap();
     assert_eq!(by_phone.status(), 200);
-    let missing = client
-        .get(format!("{base}/v1/profiles/lookup"))
-        .query(&[("email", "nobody.special@example.org")])
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let missing = lookup("email", "nobody.special@example.org").await.unwrap();
     assert_eq!(missing.status(), 404);
-    let missing_phone = client
-        .get(format!("{base}/v1/profiles/lookup"))
-        .query(&[("phone", "202.555.0199")])
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let missing_phone = lookup("phone", "202.555.0199").await.unwrap();
     assert_eq!(missing_phone.status(), 404);
     let refused = client
         .get(format!("{base}/v1/profiles/lookup?email=x"))

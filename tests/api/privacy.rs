@@ -501,13 +501,14 @@ async fn resolve_pending(app: &TestApp) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_back() {
+/// A server whose resolver is off (tests resolve by hand), a web source (id, write key) and
+/// ada-42 with her email, resolved.
+async fn ada_resolved_by_hand() -> (TestApp, String, String, Value) {
     let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
         s.identity.enabled = false;
     })
     .await;
-    let (_, web) = app.create_source("Web shop", "web").await;
+    let (source, web) = app.create_source("Web shop", "web").await;
     send(
         &app,
         &web,
@@ -516,6 +517,12 @@ async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_bac
     .await;
     resolve_pending(&app).await;
     let ada = app.lookup("user_id", "ada-42").await;
+    (app, source, web, ada)
+}
+
+#[tokio::test]
+async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_back() {
+    let (app, _, web, ada) = ada_resolved_by_hand().await;
     // Acknowledged before the erasure, not resolved yet: a new device, known only by the email.
     send(&app, &web, vec![
         json!({"type": "track", "anonymousId": "anon-late", "event": "Viewed", "context": {"traits": {"email": EMAIL}}}),
@@ -539,19 +546,7 @@ async fn messages_still_waiting_for_resolution_do_not_bring_an_erased_person_bac
 
 #[tokio::test]
 async fn a_message_that_slipped_past_the_ingest_check_is_dropped_by_the_resolver() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
-        s.identity.enabled = false;
-    })
-    .await;
-    let (source, web) = app.create_source("Web shop", "web").await;
-    send(
-        &app,
-        &web,
-        vec![json!({"type": "identify", "userId": "ada-42", "traits": {"email": EMAIL}})],
-    )
-    .await;
-    resolve_pending(&app).await;
-    let ada = app.lookup("user_id", "ada-42").await;
+    let (app, source, _, ada) = ada_resolved_by_hand().await;
     assert_eq!(erase(&app, ada["id"].as_str().unwrap()).await.status(), 204);
     let before = app.count_events().await;
 
