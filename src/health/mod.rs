@@ -4,13 +4,15 @@
 //! `loyalty_tier`) and the population report over them (`report.rs`). The built-ins are planned
 //! in DataFusion over the query layer's snapshot and computed once per snapshot view: the view
 //! holds them, so every segment, report and export on that view reuses one computation and a
-//! refresh (a new view) starts afresh. Event and property names come from `[health]`.
+//! refresh (a new view) starts afresh. They read the snapshot's `health_facts` (`facts.rs`: the
+//! typed values of order, refund, survey and ticket events, extracted once as events are read),
+//! never the events' JSON. Event and property names come from `[health]`.
 
+pub mod facts;
+mod gaps;
 pub mod report;
 pub mod settings;
-mod udf;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -18,15 +20,13 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::functions::core::expr_fn::greatest;
-use datafusion::functions::expr_fn::{coalesce, concat, lower};
-use datafusion::functions::math::expr_fn::{floor, round};
-use datafusion::functions_aggregate::expr_fn::{array_agg, count, max, median, min, sum};
-use datafusion::functions_aggregate::first_last::last_value_udaf;
+use datafusion::functions::expr_fn::concat;
+use datafusion::functions_aggregate::expr_fn::{min, sum};
 use datafusion::logical_expr::{cast, not, when, Expr, ExprFunctionExt};
 use datafusion::prelude::{col, lit, DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 
-use crate::query::{json, QueryEngine, QueryError, View};
+use crate::query::{QueryEngine, QueryError, View};
 pub use settings::HealthSettings;
 
 /// The built-in computed traits and what their values are, for type-checking segment
@@ -72,13 +72,14 @@ pub fn is_built_in(name: &str) -> bool {
     built_in_type(name).is_some()
 }
 
-const MICROS_PER_DAY: f64 = 86_400_000_000.0;
 const MICROS_PER_MINUTE: f64 = 60_000_000.0;
 
-/// The built-ins of one snapshot view, materialized: one row per live profile, and one row per
-/// answered ticket (for the population's median response time).
+/// The built-ins of one snapshot view, materialized: one row per live profile, in the order of
+/// the view's `profiles` table, and one row per answered ticket (for the population's median
+/// response time).
 pub struct BuiltIns {
     pub computed_at: DateTime<Utc>,
+    in_profile_order: Vec<RecordBatch>,
     profiles: Arc<MemTable>,
     tickets: Arc<MemTable>,
 }
@@ -87,6 +88,12 @@ impl BuiltIns {
     /// `profile_id` and one column per built-in (null where a profile has no value).
     pub fn per_profile(&self, ctx: &SessionContext) -> Result<DataFrame, QueryError> {
         Ok(ctx.read_table(self.profiles.clone())?)
+    }
+
+    /// The same rows in batches that, end to end, follow the view's `profiles` table row for
+    /// row, so their columns can stand beside the profiles' without a join.
+    pub fn in_profile_order(&self) -> &[RecordBatch] {
+        &self.in_profile_order
     }
 
     /// `(profile_id, minutes)` of every answered ticket.
@@ -117,61 +124,12 @@ pub async fn built_ins(engine: &QueryEngine, view: &View) -> Result<Arc<BuiltIns
     Ok(computed)
 }
 
-/// The per-profile built-ins over the current snapshot view, keyed by `profile_id` (for
-/// exports: join it to profiles on `profile_id`). Call `QueryEngine::refresh` first for fresh data.
-pub async fn per_profile(engine: &QueryEngine) -> Result<DataFrame, QueryError> {
-    let view = engine.view();
-    built_ins(engine, &view).await?.per_profile(&view.ctx)
-}
-
 fn micros(column: &str) -> Expr {
     cast(col(column), DataType::Int64)
 }
 
-/// Whole days from `column` (a timestamp) to `now`.
-fn days_since(column: &str, now: DateTime<Utc>) -> Expr {
-    let elapsed = cast(
-        lit(now.timestamp_micros()) - micros(column),
-        DataType::Float64,
-    );
-    cast(floor(elapsed / lit(MICROS_PER_DAY)), DataType::Int64)
-}
-
 fn null_text() -> Expr {
     lit(ScalarValue::Utf8(None))
-}
-
-/// The columns of a fact row, in order; a fact leaves null what it does not carry.
-const FACT_TIMES: [&str; 3] = ["last_seen", "order_ts", "answered_at"];
-const FACT_COLUMNS: [&str; 9] = [
-    "profile_id",
-    "last_seen",
-    "order_ts",
-    "amount",
-    "refund",
-    "answered_at",
-    "nps",
-    "csat",
-    "minutes",
-];
-
-/// `frame` as fact rows: each column of `FACT_COLUMNS` from `given`, else a typed null.
-fn fact_rows(frame: DataFrame, given: Vec<(&str, Expr)>) -> Result<DataFrame, QueryError> {
-    let mut given: HashMap<&str, Expr> = given.into_iter().collect();
-    let columns = FACT_COLUMNS
-        .iter()
-        .map(|&name| {
-            let value = given.remove(name).unwrap_or_else(|| {
-                if FACT_TIMES.contains(&name) {
-                    lit(ScalarValue::TimestampMicrosecond(None, Some("UTC".into())))
-                } else {
-                    lit(ScalarValue::Float64(None))
-                }
-            });
-            value.alias(name)
-        })
-        .collect::<Vec<_>>();
-    Ok(frame.select(columns)?)
 }
 
 /// Counts boolean rows that hold (a null counts as not holding).
@@ -185,28 +143,21 @@ async fn compute(
     now: DateTime<Utc>,
 ) -> Result<BuiltIns, QueryError> {
     let ctx = &view.ctx;
-    let events = ctx.table("events").await?;
-    let profiles = ctx.table("profiles").await?;
+    // Order values, refunds, survey answers and ticket ids were extracted as the snapshot read
+    // the events (`facts.rs`): no event's JSON is parsed here.
+    let facts = ctx.table("health_facts").await?;
     let partitions = ctx.state().config().target_partitions().max(1);
 
     // Tickets: minutes from opening to the first response, per answered ticket.
-    // Equalities rather than IN: a short OR of them is cheaper than hashing every event name.
-    let ticket_event = s.ticket_response_events.iter().fold(
-        col("event").eq(lit(s.ticket_created_event.as_str())),
-        |any, e| any.or(col("event").eq(lit(e.as_str()))),
-    );
-    let tickets = events
+    let tickets = facts
         .clone()
-        .filter(ticket_event)?
+        .filter(col("ticket").is_not_null())?
         .select(vec![
             col("profile_id"),
-            crate::query::json::pick_text(col("properties"), &s.ticket_id_property).alias("ticket"),
-            col("event")
-                .eq(lit(s.ticket_created_event.as_str()))
-                .alias("opens"),
+            col("ticket"),
+            col("ticket_opens").alias("opens"),
             micros("ts").alias("t"),
         ])?
-        .filter(col("ticket").is_not_null())?
         .aggregate(
             vec![col("profile_id"), col("ticket")],
             vec![
@@ -235,136 +186,22 @@ async fn compute(
     let tickets = table(tickets.collect().await?, partitions, ticket_schema)?;
     let tickets_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    // Every fact about a profile becomes one row of the same shape (profile rows carry
-    // `last_seen`, orders `order_ts` and `amount`, …), so one aggregate by profile gathers them
-    // all: no join of a million profiles with each kind of event.
-    let facts_of_profiles = fact_rows(
-        profiles,
-        vec![("profile_id", col("id")), ("last_seen", col("last_seen"))],
-    )?;
-    let facts_of_tickets = fact_rows(
-        ctx.read_table(tickets.clone())?,
-        vec![
-            ("profile_id", col("profile_id")),
-            ("minutes", col("minutes")),
-        ],
-    )?;
-    // Each kind of event is its own branch, so each event's JSON is read once, for the
-    // properties its kind has.
-    let of_event = |event: &str| events.clone().filter(col("event").eq(lit(event)));
-    let value = || json::pick_number(col("properties"), &s.order_value_properties);
-    let facts_of_orders = fact_rows(
-        of_event(&s.order_event)?,
-        vec![
-            ("profile_id", col("profile_id")),
-            ("order_ts", col("ts")),
-            // An order without a value still counts as an order, worth nothing.
-            ("amount", coalesce(vec![value(), lit(0.0)])),
-        ],
-    )?;
-    let facts_of_refunds = fact_rows(
-        of_event(&s.refund_event)?,
-        vec![("profile_id", col("profile_id")), ("refund", value())],
-    )?;
-    let answer = |name: &str, low: f64, high: f64| -> Result<Expr, QueryError> {
-        Ok(when(
-            col("survey")
-                .eq(lit(name.to_lowercase()))
-                .and(col("score").between(lit(low), lit(high))),
-            col("score"),
-        )
-        .end()?)
-    };
-    let surveys = of_event(&s.survey_event)?.select(vec![
-        col("profile_id"),
-        col("ts"),
-        lower(json::pick_text(col("properties"), &s.survey_property)).alias("survey"),
-        json::pick_number(col("properties"), std::slice::from_ref(&s.score_property))
-            .alias("score"),
-    ])?;
-    let facts_of_surveys = fact_rows(
-        surveys,
-        vec![
-            ("profile_id", col("profile_id")),
-            ("answered_at", col("ts")),
-            ("nps", answer(&s.nps_survey, 0.0, 10.0)?),
-            ("csat", answer(&s.csat_survey, 1.0, 5.0)?),
-        ],
-    )?;
-    let latest = |answer: &str| -> Result<Expr, QueryError> {
-        Ok(last_value_udaf()
-            .call(vec![col(answer)])
-            .order_by(vec![col("answered_at").sort(true, false)])
-            .filter(col(answer).is_not_null())
-            .build()?)
-    };
-    let mut facts = facts_of_profiles
-        .union(facts_of_tickets)?
-        .union(facts_of_orders)?
-        .union(facts_of_surveys)?;
-    if !s.refund_event.is_empty() {
-        facts = facts.union(facts_of_refunds)?;
-    }
-    let raw = facts
-        .aggregate(
-            vec![col("profile_id")],
-            vec![
-                max(col("last_seen")).alias("last_seen"),
-                sum(col("amount")).alias("gross"),
-                count(col("order_ts")).alias("order_count"),
-                max(col("order_ts")).alias("last_order_at"),
-                array_agg(micros("order_ts"))
-                    .filter(col("order_ts").is_not_null())
-                    .build()?
-                    .alias("times"),
-                sum(col("refund")).alias("refunded"),
-                latest("nps")?.alias("nps"),
-                latest("csat")?.alias("csat"),
-                median(col("minutes")).alias("response"),
-            ],
-        )?
-        // Events of a profile no longer live (erased) have no profile row.
-        .filter(col("last_seen").is_not_null())?;
-
-    let bought = col("order_count").gt(lit(0i64));
-    let clv = round(vec![
-        greatest(vec![
-            col("gross") - coalesce(vec![col("refunded"), lit(0.0)]),
-            lit(0.0),
-        ]),
-        lit(2i64),
-    ]);
-    let raw = raw.select(vec![
-        col("profile_id"),
-        when(bought.clone(), clv).end()?.alias("clv"),
-        when(bought.clone(), col("order_count"))
-            .end()?
-            .alias("orders"),
-        when(
-            bought.clone(),
-            round(vec![
-                col("gross") / cast(col("order_count"), DataType::Float64),
-                lit(2i64),
-            ]),
-        )
-        .end()?
-        .alias("avg_order_value"),
-        col("last_order_at"),
-        days_since("last_order_at", now).alias("order_days"),
-        udf::median_gap_days(col("times")).alias("gap_days"),
-        cast(round(vec![col("nps")]), DataType::Int64).alias("nps_score"),
-        cast(round(vec![col("csat")]), DataType::Int64).alias("csat_score"),
-        round(vec![col("response"), lit(2i64)]).alias("first_response_minutes"),
-        days_since("last_seen", now).alias("days_since_last_seen"),
-    ])?;
+    // Everything else a profile's built-ins need, in one pass over the typed facts.
     let started = std::time::Instant::now();
-    let raw_schema = Arc::new(raw.schema().as_arrow().clone());
-    let raw = raw.collect().await?;
+    let answered = ctx.read_table(tickets.clone())?.collect().await?;
+    let (profiles, health_facts) = (view.profiles_batch.clone(), view.health_facts.clone());
+    // CPU-bound for a while at a million profiles: off the async workers.
+    let raw = tokio::task::spawn_blocking(move || {
+        facts::per_profile(&profiles, &health_facts, &answered, now.timestamp_micros())
+    })
+    .await
+    .map_err(|e| QueryError::Engine(datafusion::error::DataFusionError::External(Box::new(e))))?
+    .map_err(arrow)?;
+    let raw_schema = raw.schema();
     let per_profile_ms = started.elapsed().as_secs_f64() * 1e3;
 
     // RFM scores rank each buyer against every other: one sort per figure over the figure's
     // column alone (a window function would carry every column through each sort).
-    let raw = datafusion::arrow::compute::concat_batches(&raw_schema, &raw).map_err(arrow)?;
     let scores = [
         // Recency: fewer days since the last order is better.
         quintiles(&raw, "order_days", true)?,
@@ -386,8 +223,10 @@ async fn compute(
     }
     let scored_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
     let scored = RecordBatch::try_new(scored_schema.clone(), columns).map_err(arrow)?;
+    // Slices of 64k rows: the CASE expressions below build their branches per batch, so small
+    // batches keep that scratch memory small.
     let scored = ctx.read_table(table(
-        slices(&scored, partitions),
+        slices(&scored, SLICE_ROWS),
         partitions,
         scored_schema,
     )?)?;
@@ -446,10 +285,29 @@ async fn compute(
         col("rfm_frequency"),
         col("rfm_monetary"),
         tier.alias("loyalty_tier"),
+        col("pos"),
     ])?;
     let started = std::time::Instant::now();
     let schema: SchemaRef = Arc::new(done.schema().as_arrow().clone());
-    let batches = done.collect().await?;
+    // Each partition keeps its slices' row order: the batches only need putting back in turn.
+    let batches: Vec<RecordBatch> = done
+        .collect_partitioned()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let in_profile_order = match in_turn(batches.clone(), view.profiles)? {
+        Some(in_turn) => in_turn,
+        None => {
+            tracing::debug!("health built-ins came back out of turn; reordering them by row");
+            vec![by_position(&schema, &batches, view.profiles)?]
+        }
+    };
+    drop(batches);
+    let schema = in_profile_order
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| without_pos(&schema));
     tracing::debug!(
         tickets_ms,
         per_profile_ms,
@@ -458,9 +316,94 @@ async fn compute(
     );
     Ok(BuiltIns {
         computed_at: now,
-        profiles: table(batches, partitions, schema)?,
+        profiles: table(in_profile_order.clone(), partitions, schema)?,
+        in_profile_order,
         tickets,
     })
+}
+
+/// `batches` put back in profile order without copying a row, when each holds a run of
+/// consecutive `pos` and together they cover `0..n` (`None` otherwise); without `pos`.
+fn in_turn(batches: Vec<RecordBatch>, n: usize) -> Result<Option<Vec<RecordBatch>>, QueryError> {
+    use datafusion::arrow::array::Array;
+    use datafusion::arrow::datatypes::Int64Type;
+    let mut runs = Vec::with_capacity(batches.len());
+    for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+        let at = batch.schema().index_of("pos").map_err(arrow)?;
+        let pos = batch.column(at).as_primitive::<Int64Type>();
+        let first = pos.value(0);
+        let consecutive = pos.null_count() == 0
+            && pos
+                .values()
+                .iter()
+                .zip(first..)
+                .all(|(p, expected)| *p == expected);
+        if !consecutive {
+            return Ok(None);
+        }
+        let keep: Vec<usize> = (0..batch.num_columns()).filter(|i| *i != at).collect();
+        runs.push((first, batch.project(&keep).map_err(arrow)?));
+    }
+    runs.sort_unstable_by_key(|(first, _)| *first);
+    let mut next = 0i64;
+    for (first, batch) in &runs {
+        if *first != next {
+            return Ok(None);
+        }
+        next += batch.num_rows() as i64;
+    }
+    Ok((next == n as i64).then(|| runs.into_iter().map(|(_, b)| b).collect()))
+}
+
+/// `schema` without its `pos` column.
+fn without_pos(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "pos")
+        .cloned()
+        .collect();
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
+/// `batches` (rows carrying `pos`, each of `0..n` once) as one batch with row `pos` at
+/// position `pos`, without the `pos` column.
+fn by_position(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    n: usize,
+) -> Result<RecordBatch, QueryError> {
+    use datafusion::arrow::array::{Array, UInt32Array};
+    use datafusion::arrow::compute::{concat_batches, take};
+    use datafusion::arrow::datatypes::{Int64Type, Schema};
+    let all = concat_batches(schema, batches).map_err(arrow)?;
+    let internal =
+        |what: String| QueryError::Engine(datafusion::error::DataFusionError::Internal(what));
+    let at = schema.index_of("pos").map_err(arrow)?;
+    let positions = all.column(at).as_primitive::<Int64Type>();
+    if all.num_rows() != n || positions.null_count() > 0 {
+        return Err(internal(format!(
+            "health built-ins: {} rows for {n} profiles",
+            all.num_rows()
+        )));
+    }
+    let mut order = vec![u32::MAX; n];
+    for (row, pos) in positions.values().iter().enumerate() {
+        match order.get_mut(*pos as usize) {
+            Some(slot) if *slot == u32::MAX => *slot = row as u32,
+            _ => return Err(internal(format!("health built-ins: bad profile row {pos}"))),
+        }
+    }
+    let order = UInt32Array::from(order);
+    let mut fields = Vec::with_capacity(schema.fields().len() - 1);
+    let mut columns = Vec::with_capacity(fields.capacity());
+    for (i, (field, column)) in schema.fields().iter().zip(all.columns()).enumerate() {
+        if i != at {
+            fields.push(field.clone());
+            columns.push(take(column, &order, None).map_err(arrow)?);
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
 }
 
 /// The 1–5 quintile of each row's `column` among the rows that have a value (null for the
@@ -508,9 +451,11 @@ fn arrow(err: datafusion::arrow::error::ArrowError) -> QueryError {
     QueryError::Engine(err.into())
 }
 
-/// `batch` cut into about `parts` zero-copy slices.
-fn slices(batch: &RecordBatch, parts: usize) -> Vec<RecordBatch> {
-    let size = batch.num_rows().div_ceil(parts.max(1)).max(1);
+const SLICE_ROWS: usize = 65_536;
+
+/// `batch` cut into zero-copy slices of `size` rows.
+fn slices(batch: &RecordBatch, size: usize) -> Vec<RecordBatch> {
+    let size = size.max(1);
     (0..batch.num_rows())
         .step_by(size)
         .map(|start| batch.slice(start, size.min(batch.num_rows() - start)))

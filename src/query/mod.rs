@@ -36,6 +36,11 @@ pub struct View {
     pub ctx: SessionContext,
     pub trait_types: BTreeMap<String, DataType>,
     pub profiles: usize,
+    /// The `profiles` table's one batch (shared with it): row `i` is profile `i`, the order the
+    /// customer-health built-ins are kept in, so exports put them side by side without a join.
+    pub profiles_batch: datafusion::arrow::array::RecordBatch,
+    /// The batches of the `health_facts` table (`crate::health::facts`).
+    pub health_facts: Vec<datafusion::arrow::array::RecordBatch>,
     pub events: usize,
     /// The customer-health built-ins derived from this view, computed on first use
     /// (`crate::health::built_ins`) so every query on the view shares one computation.
@@ -63,6 +68,7 @@ impl QueryEngine {
 
     /// Reads the customer-health built-ins with these event and property names.
     pub fn with_health(mut self, settings: crate::health::HealthSettings) -> Self {
+        self.snapshot.get_mut().health = settings.clone();
         self.health = settings;
         self
     }
@@ -101,6 +107,7 @@ async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
     ctx.register_udf(json::json_text());
     ctx.register_udf(json::json_number());
     let profiles = tables.profiles.num_rows();
+    let profiles_batch = tables.profiles.clone();
     ctx.register_table(
         "profiles",
         Arc::new(MemTable::try_new(
@@ -125,18 +132,21 @@ async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
     // Event batches already carry each event's surviving profile id (see the snapshot). They
     // are dealt into one partition a core so scans start in parallel.
     let n = ctx.state().config().target_partitions().max(1);
-    let mut partitions = vec![Vec::new(); n];
-    for (i, batch) in tables.events.into_iter().enumerate() {
-        partitions[i % n].push(batch);
-    }
     ctx.register_table(
         "events",
-        Arc::new(MemTable::try_new(tables.events_schema, partitions)?),
+        crate::health::table(tables.events, n, tables.events_schema)?,
+    )?;
+    let health_facts = tables.health_facts.clone();
+    ctx.register_table(
+        "health_facts",
+        crate::health::table(tables.health_facts, n, crate::health::facts::schema())?,
     )?;
     Ok(View {
         ctx,
         trait_types: tables.trait_types,
         profiles,
+        profiles_batch,
+        health_facts,
         events: snapshot.event_rows,
         health: Mutex::new(None),
     })

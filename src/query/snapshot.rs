@@ -19,6 +19,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
+use crate::health::facts::FactsBuilder;
+use crate::health::HealthSettings;
 
 /// Identifier kinds the `profiles` table carries as columns (the earliest of each kind).
 pub const IDENTITY_COLUMNS: [&str; 3] = ["email", "user_id", "phone"];
@@ -47,6 +49,11 @@ pub struct Snapshot {
     built: Option<ProfileTables>,
     /// The privacy epoch last seen: when it moves, profiles may have been erased.
     privacy_epoch: i64,
+    /// Which events and properties are health facts.
+    pub health: HealthSettings,
+    /// The health facts of the events read so far (`crate::health::facts`), kept like the
+    /// events: re-pointed after merges, dropped with erased profiles.
+    facts: Vec<RecordBatch>,
 }
 
 #[derive(Clone)]
@@ -70,6 +77,8 @@ pub struct Tables {
     pub identities: RecordBatch,
     pub events: Vec<RecordBatch>,
     pub events_schema: SchemaRef,
+    /// The health facts of the events (`crate::health::facts::schema`).
+    pub health_facts: Vec<RecordBatch>,
     pub merges: RecordBatch,
     /// The inferred type of each (flattened, dotted) trait.
     pub trait_types: BTreeMap<String, DataType>,
@@ -162,7 +171,7 @@ impl Snapshot {
                 .iter()
                 .map(|l| (l.to_string(), self.merges[l].to_string()))
                 .collect();
-            for batch in &mut self.events {
+            for batch in self.events.iter_mut().chain(self.facts.iter_mut()) {
                 if let Some(rewritten) = remap_profiles(batch, &survivors) {
                     *batch = rewritten;
                 }
@@ -188,16 +197,22 @@ impl Snapshot {
             let mut event = StringBuilder::with_capacity(n, n * 12);
             let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
             let mut properties = StringBuilder::with_capacity(n, n * 64);
+            let mut health = FactsBuilder::new(&self.health);
             for row in &rows {
                 self.event_watermark = self.event_watermark.max(row.get(0));
                 let id: Uuid = row.get(1);
-                let id = self.merges.get(&id).copied().unwrap_or(id);
-                profile_id.append_value(id.to_string());
-                kind.append_value(row.get::<_, String>(2));
-                event.append_option(row.get::<_, Option<String>>(3));
-                ts.append_value(row.get::<_, DateTime<Utc>>(4).timestamp_micros());
-                properties.append_option(row.get::<_, Option<String>>(5));
+                let id = self.merges.get(&id).copied().unwrap_or(id).to_string();
+                let name: Option<&str> = row.get(3);
+                let at = row.get::<_, DateTime<Utc>>(4).timestamp_micros();
+                let props: Option<&str> = row.get(5);
+                health.push(&id, name, at, props);
+                profile_id.append_value(id);
+                kind.append_value(row.get::<_, &str>(2));
+                event.append_option(name);
+                ts.append_value(at);
+                properties.append_option(props);
             }
+            self.facts.extend(health.finish());
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(profile_id.finish()),
                 Arc::new(kind.finish()),
@@ -237,12 +252,13 @@ impl Snapshot {
         self.merges
             .retain(|loser, winner| !gone.contains(loser) && !gone.contains(winner));
         let gone_ids: HashSet<String> = gone.iter().map(Uuid::to_string).collect();
-        for batch in &mut self.events {
+        for batch in self.events.iter_mut().chain(self.facts.iter_mut()) {
             if let Some(kept) = without_profiles(batch, &gone_ids) {
                 *batch = kept;
             }
         }
         self.events.retain(|batch| batch.num_rows() > 0);
+        self.facts.retain(|batch| batch.num_rows() > 0);
         self.event_rows = self.events.iter().map(RecordBatch::num_rows).sum();
         self.built = None;
         Ok(gone.len())
@@ -263,6 +279,7 @@ impl Snapshot {
             identities: built.identities,
             events: self.events.clone(),
             events_schema: events_schema(),
+            health_facts: self.facts.clone(),
             merges: built.merges,
             trait_types: built.trait_types,
         }

@@ -512,3 +512,47 @@ async fn the_report_follows_new_events_after_it_was_first_computed() {
     );
     assert_eq!(report["clv"]["total"], 3000.0);
 }
+
+#[tokio::test]
+async fn orders_an_anonymous_visitor_placed_count_for_the_customer_they_turn_out_to_be() {
+    let app = spawn_app().await;
+    let t = Clock::new();
+    let anonymous = |event: &str, properties: Value, at: DateTime<Utc>| json!({"type": "track", "anonymousId": "anon-gus", "event": event, "properties": properties, "timestamp": at.to_rfc3339()});
+    send(
+        &app,
+        vec![
+            order("gus", json!({"revenue": 50}), t.ago(30)),
+            anonymous("Order Completed", json!({"revenue": 100}), t.ago(20)),
+            anonymous(
+                "Survey Responded",
+                json!({"survey": "nps", "score": 10}),
+                t.ago(19),
+            ),
+        ],
+    )
+    .await;
+    // The built-ins are computed while the two are still strangers: two customers.
+    let before = health(&app, "").await;
+    assert_eq!(before["profiles"], 2);
+    assert_eq!(before["clv"]["total"], 150.0);
+
+    // gus logs in on the browser: the visitor's profile merges into his, after the snapshot
+    // already holds its order and answer.
+    send(
+        &app,
+        vec![json!({"type": "identify", "userId": "gus", "anonymousId": "anon-gus", "timestamp": t.ago(1).to_rfc3339()})],
+    )
+    .await;
+    let after = health(&app, "").await;
+    assert_eq!(after["profiles"], 1);
+    assert_eq!(after["clv"]["total"], 150.0);
+    assert_eq!(after["nps"]["promoters"], 1);
+
+    refresh(&app).await;
+    let gus = computed(&app, "gus").await;
+    assert_eq!(gus["clv"], 150.0);
+    assert_eq!(gus["orders"], 2);
+    assert_eq!(gus["nps_group"], "promoter");
+    // 30 and 20 days ago: one gap of 10 days, the last order 20 days ago → overdue, "medium".
+    assert_eq!(gus["churn_risk"], "medium");
+}
