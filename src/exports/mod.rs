@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::logical_expr::JoinType;
@@ -163,8 +164,8 @@ fn column_name(prefix: &str, name: &str, taken: &mut HashSet<String>) -> String 
 }
 
 /// Per-profile computed values as `(name, frame of (profile_id, value))`, one entry a column.
-/// Every declared computed trait, computed fresh from the snapshot as segments see it; a
-/// built-in computed trait is one more `push` here.
+/// Every declared computed trait, computed fresh from the snapshot as segments see it, in name
+/// order (the built-ins come from the view's cache instead).
 fn computed_columns(
     events: &DataFrame,
     computed: &std::collections::HashMap<String, crate::profiles::computed::ComputedTrait>,
@@ -183,14 +184,14 @@ fn computed_columns(
 /// snapshot inferred, `traits` (all of them as JSON), `computed_<name>`, `event_count`,
 /// `first_seen`, `last_seen`.
 ///
-/// The customer-health built-ins are joined only when they can be wanted (no `fields`, or a
-/// `computed_` field): the join holds a copy of a million profiles' built-ins.
+/// The customer-health built-ins are added only when they can be wanted (no `fields`, or a
+/// `computed_` field). They are kept in the profiles table's row order, so their columns are
+/// put beside the profiles' as they are (no join, no copy).
 async fn profiles_frame(
     engine: &QueryEngine,
     view: &View,
     with_built_ins: bool,
 ) -> Result<DataFrame, ExportError> {
-    let profiles = view.ctx.table("profiles").await?;
     let mut taken: HashSet<String> = HashSet::new();
     let mut columns = vec![col("id").alias("profile_id")];
     taken.insert("profile_id".into());
@@ -217,35 +218,99 @@ async fn profiles_frame(
     columns.push(col("event_count"));
     columns.push(col("first_seen"));
     columns.push(col("last_seen"));
-    let mut frame = profiles.select(columns)?;
 
     let definitions = crate::segments::definitions(engine).await?;
+    let mut declared: Vec<String> = definitions.computed.keys().cloned().collect();
+    declared.sort();
+    let declared: Vec<String> = declared
+        .iter()
+        .map(|name| column_name("computed_", name, &mut taken))
+        .collect();
+    let (profiles, built_in_columns) = if with_built_ins {
+        // The customer-health built-ins (clv, nps_group, rfm, …): computed once per snapshot
+        // view and shared with segments and the health report.
+        let built_ins = crate::health::built_ins(engine, view).await?;
+        let (table, names) = beside_profiles(view, built_ins.in_profile_order(), &mut taken)?;
+        (view.ctx.read_table(table)?, names)
+    } else {
+        (view.ctx.table("profiles").await?, Vec::new())
+    };
+    columns.extend(built_in_columns.iter().map(|name| col(name.as_str())));
+    let mut frame = profiles.select(columns)?;
+
     let events = view.ctx.table("events").await?;
-    for (name, values) in computed_columns(&events, &definitions.computed, Utc::now())? {
-        let alias = column_name("computed_", &name, &mut taken);
+    let computed = computed_columns(&events, &definitions.computed, Utc::now())?;
+    for ((_, values), alias) in computed.into_iter().zip(&declared) {
         let values = values.select(vec![
             col("profile_id").alias(JOIN_KEY),
-            col("value").alias(alias),
+            col("value").alias(alias.as_str()),
         ])?;
         frame = join_on_profile(frame, values, JoinType::Left)?;
     }
-    if !with_built_ins {
-        return Ok(frame);
+    if !built_in_columns.is_empty() && !declared.is_empty() {
+        // Declared computed traits first, then the built-ins, as before.
+        let order: Vec<_> = frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|name| !built_in_columns.contains(name))
+            .chain(built_in_columns.iter().cloned())
+            .map(|name| col(name.as_str()))
+            .collect();
+        frame = frame.select(order)?;
     }
-    // The customer-health built-ins (clv, nps_group, rfm, …): one frame, computed once per
-    // snapshot view and shared with segments and the health report.
-    let built_ins = crate::health::built_ins(engine, view)
-        .await?
-        .per_profile(&view.ctx)?;
-    let mut columns = vec![col("profile_id").alias(JOIN_KEY)];
-    for field in built_ins.schema().fields() {
-        let name = field.name();
-        if name != "profile_id" {
-            columns.push(col(name.as_str()).alias(column_name("computed_", name, &mut taken)));
+    Ok(frame)
+}
+
+/// The view's profiles table with the built-ins' columns (named `computed_<name>`) beside its
+/// own: both follow the same row order, so the arrays are shared as they are (the profiles'
+/// sliced to the built-ins' batches).
+fn beside_profiles(
+    view: &View,
+    built_ins: &[RecordBatch],
+    taken: &mut HashSet<String>,
+) -> Result<(Arc<MemTable>, Vec<String>), ExportError> {
+    let profiles = &view.profiles_batch;
+    let rows: usize = built_ins.iter().map(RecordBatch::num_rows).sum();
+    if rows != profiles.num_rows() {
+        return Err(ExportError::Query(QueryError::Plan(format!(
+            "the health built-ins hold {rows} rows for {} profiles",
+            profiles.num_rows()
+        ))));
+    }
+    let mut fields: Vec<Field> = profiles
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut names = Vec::new();
+    let mut built_in_columns = Vec::new();
+    if let Some(first) = built_ins.first() {
+        for (i, field) in first.schema().fields().iter().enumerate() {
+            if field.name() != "profile_id" {
+                let name = column_name("computed_", field.name(), taken);
+                fields.push(Field::new(&name, field.data_type().clone(), true));
+                names.push(name);
+                built_in_columns.push(i);
+            }
         }
     }
-    frame = join_on_profile(frame, built_ins.select(columns)?, JoinType::Left)?;
-    Ok(frame)
+    let schema = Arc::new(Schema::new(fields));
+    let mut batches = Vec::with_capacity(built_ins.len());
+    let mut offset = 0;
+    for batch in built_ins {
+        let mut columns = profiles.slice(offset, batch.num_rows()).columns().to_vec();
+        columns.extend(built_in_columns.iter().map(|i| batch.column(*i).clone()));
+        batches.push(
+            RecordBatch::try_new(schema.clone(), columns)
+                .map_err(datafusion::error::DataFusionError::from)?,
+        );
+        offset += batch.num_rows();
+    }
+    let table = MemTable::try_new(schema, vec![batches])?;
+    Ok((Arc::new(table), names))
 }
 
 /// The key column a frame joined to the profiles carries (dropped after the join).
