@@ -21,6 +21,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("0007_exports", include_str!("../../sql/0007_exports.sql")),
     ("0008_privacy", include_str!("../../sql/0008_privacy.sql")),
+    (
+        "0009_identities_without_foreign_keys",
+        include_str!("../../sql/0009_identities_without_foreign_keys.sql"),
+    ),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.
