@@ -396,13 +396,16 @@ pub(super) fn per_profile(
     batch
 }
 
+/// Running figures a profile, and the (row, time) of every order.
+type Sums = (Vec<Acc>, Vec<(u32, i64)>);
+
 /// The running figures of `n` profiles from `facts`, and the (row, time) of every order (for
 /// the median interval between a customer's orders).
 fn accumulate(
     row_of: &HashMap<&str, u32>,
     facts: &[&RecordBatch],
     n: usize,
-) -> Result<(Vec<Acc>, Vec<(u32, i64)>), ArrowError> {
+) -> Result<Sums, ArrowError> {
     let missing = |name: &str| ArrowError::SchemaError(format!("no column {name}"));
     let mut acc = vec![Acc::default(); n];
     let mut order_times: Vec<(u32, i64)> = Vec::new();
