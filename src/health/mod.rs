@@ -1,12 +1,14 @@
 //! Customer health: the built-in computed traits every profile has (`clv`, `orders`,
 //! `avg_order_value`, `last_order_at`, `nps_score`, `nps_group`, `csat_score`,
 //! `first_response_minutes`, `days_since_last_seen`, `churn_risk`, `rfm` and its three scores,
-//! `loyalty_tier`) and the population report over them (`report.rs`). The built-ins are planned
-//! in DataFusion over the query layer's snapshot and computed once per snapshot view: the view
-//! holds them, so every segment, report and export on that view reuses one computation and a
-//! refresh (a new view) starts afresh. They read the snapshot's `health_facts` (`facts.rs`: the
-//! typed values of order, refund, survey and ticket events, extracted once as events are read),
-//! never the events' JSON. Event and property names come from `[health]`.
+//! `loyalty_tier`) and the population report over them (`report.rs`). The built-ins are computed
+//! over the query layer's snapshot once per snapshot view: the view holds them, so every segment,
+//! report and export on that view reuses one computation and a refresh (a new view) starts
+//! afresh. They read the snapshot's `health_facts` (`facts.rs`: the typed values of order,
+//! refund, survey and ticket events, extracted once as events are read), never the events' JSON:
+//! tickets are paired and the population-wide figures derived in DataFusion, the per-profile
+//! sums are one pass over the typed fact columns (`facts::per_profile`). Event and property
+//! names come from `[health]`.
 
 pub mod facts;
 mod gaps;
@@ -26,7 +28,7 @@ use datafusion::logical_expr::{cast, not, when, Expr, ExprFunctionExt};
 use datafusion::prelude::{col, lit, DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 
-use crate::query::{QueryEngine, QueryError, View};
+use crate::query::{dealt, QueryEngine, QueryError, View};
 pub use settings::HealthSettings;
 
 /// The built-in computed traits and what their values are, for type-checking segment
@@ -183,7 +185,7 @@ async fn compute(
         ])?;
     let started = std::time::Instant::now();
     let ticket_schema = Arc::new(tickets.schema().as_arrow().clone());
-    let tickets = table(tickets.collect().await?, partitions, ticket_schema)?;
+    let tickets = dealt(tickets.collect().await?, partitions, ticket_schema)?;
     let tickets_ms = started.elapsed().as_secs_f64() * 1e3;
 
     // Everything else a profile's built-ins need, in one pass over the typed facts.
@@ -225,7 +227,7 @@ async fn compute(
     let scored = RecordBatch::try_new(scored_schema.clone(), columns).map_err(arrow)?;
     // Slices of 64k rows: the CASE expressions below build their branches per batch, so small
     // batches keep that scratch memory small.
-    let scored = ctx.read_table(table(
+    let scored = ctx.read_table(dealt(
         slices(&scored, SLICE_ROWS),
         partitions,
         scored_schema,
@@ -316,7 +318,7 @@ async fn compute(
     );
     Ok(BuiltIns {
         computed_at: now,
-        profiles: table(in_profile_order.clone(), partitions, schema)?,
+        profiles: dealt(in_profile_order.clone(), partitions, schema)?,
         in_profile_order,
         tickets,
     })
@@ -460,21 +462,6 @@ fn slices(batch: &RecordBatch, size: usize) -> Vec<RecordBatch> {
         .step_by(size)
         .map(|start| batch.slice(start, size.min(batch.num_rows() - start)))
         .collect()
-}
-
-/// Batches dealt into `partitions` partitions so scans over them run in parallel.
-pub(crate) fn table(
-    batches: Vec<RecordBatch>,
-    partitions: usize,
-    schema: SchemaRef,
-) -> Result<Arc<MemTable>, QueryError> {
-    let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
-    let n = partitions.max(1);
-    let mut dealt = vec![Vec::new(); n];
-    for (i, batch) in batches.into_iter().enumerate() {
-        dealt[i % n].push(batch);
-    }
-    Ok(Arc::new(MemTable::try_new(schema, dealt)?))
 }
 
 /// The profile id of row `row` of a `per_profile` batch and its non-null built-ins as the

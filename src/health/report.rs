@@ -123,7 +123,7 @@ pub async fn report(
         let batches = members.collect().await.map_err(QueryError::from)?;
         let members = view
             .ctx
-            .read_table(super::table(batches, 1, schema)?)
+            .read_table(crate::query::dealt(batches, 1, schema)?)
             .map_err(QueryError::from)?;
         profiles = only(profiles, members.clone())?;
         tickets = only(tickets, members)?;

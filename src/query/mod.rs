@@ -132,14 +132,11 @@ async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
     // Event batches already carry each event's surviving profile id (see the snapshot). They
     // are dealt into one partition a core so scans start in parallel.
     let n = ctx.state().config().target_partitions().max(1);
-    ctx.register_table(
-        "events",
-        crate::health::table(tables.events, n, tables.events_schema)?,
-    )?;
+    ctx.register_table("events", dealt(tables.events, n, tables.events_schema)?)?;
     let health_facts = tables.health_facts.clone();
     ctx.register_table(
         "health_facts",
-        crate::health::table(tables.health_facts, n, crate::health::facts::schema())?,
+        dealt(tables.health_facts, n, crate::health::facts::schema())?,
     )?;
     Ok(View {
         ctx,
@@ -150,4 +147,19 @@ async fn build_view(snapshot: &mut Snapshot) -> Result<View, QueryError> {
         events: snapshot.event_rows,
         health: Mutex::new(None),
     })
+}
+
+/// Batches dealt into `partitions` partitions so scans over them run in parallel.
+pub(crate) fn dealt(
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+    partitions: usize,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Arc<MemTable>, QueryError> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
+    let n = partitions.max(1);
+    let mut dealt = vec![Vec::new(); n];
+    for (i, batch) in batches.into_iter().enumerate() {
+        dealt[i % n].push(batch);
+    }
+    Ok(Arc::new(MemTable::try_new(schema, dealt)?))
 }
