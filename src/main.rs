@@ -24,6 +24,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let settings = Settings::load().context("loading configuration")?;
     kizuna::telemetry::init(&settings.log);
@@ -48,4 +49,19 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(command) => kizuna::bench::run(command, settings).await,
         }
     })
+}
+
+/// glibc gives threads up to 8 malloc arenas a core, and each keeps what it freed: the scratch
+/// memory of a large query (built on a blocking thread, freed there) then stays resident. One
+/// arena a core bounds that (an export right after a snapshot load grew the process by 202 MB
+/// with the default, 86 MB with it; BENCHMARKS.md). `MALLOC_ARENA_MAX`, when set, still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // SAFETY: called first thing in `main`, before any other thread exists or allocates.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int);
+        }
+    }
 }
