@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
-    RecordBatch, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Schema, SchemaRef, TimestampMicrosecondType,
 };
 use datafusion::arrow::error::ArrowError;
-use datafusion::common::HashMap;
 use serde_json::Value;
 
 use super::HealthSettings;
@@ -181,7 +181,10 @@ impl<'s> FactsBuilder<'s> {
             Arc::new(self.ticket.finish()),
             Arc::new(self.ticket_opens.finish()),
         ];
-        Some(RecordBatch::try_new(schema(), columns).expect("columns match the facts schema"))
+        let batch =
+            RecordBatch::try_new(schema(), columns).expect("columns match the facts schema");
+        // Sorted by profile id, so `per_profile` walks the profiles' sorted ids in order.
+        Some(sorted(&batch).expect("a string column sorts"))
     }
 }
 
@@ -224,12 +227,6 @@ pub(super) fn per_profile(
         .as_primitive::<TimestampMicrosecondType>();
     let n = ids.len();
     let started = std::time::Instant::now();
-    let mut row_of: HashMap<&str, u32> = HashMap::with_capacity(n);
-    for (i, id) in ids.iter().enumerate() {
-        if let Some(id) = id {
-            row_of.insert(id, i as u32);
-        }
-    }
     let mapped = started.elapsed();
 
     // The facts are dealt to up to one thread a core; each sums into its own figures, then they
@@ -248,7 +245,7 @@ pub(super) fn per_profile(
     let sums = std::thread::scope(|scope| {
         let running: Vec<_> = shares
             .iter()
-            .map(|share| scope.spawn(|| accumulate(&row_of, share, n)))
+            .map(|share| scope.spawn(|| accumulate(ids, share, n)))
             .collect();
         running
             .into_iter()
@@ -267,16 +264,17 @@ pub(super) fn per_profile(
     }
     let accumulated = started.elapsed();
     let mut responses: Vec<(u32, f64)> = Vec::new();
-    for batch in tickets {
+    for batch in tickets.iter().filter(|b| b.num_rows() > 0) {
+        let batch = sorted(batch)?;
         let profile = batch.column(0).as_string::<i32>();
         let minutes = batch.column(1).as_primitive::<Float64Type>();
+        let mut rows = Rows::new(ids);
         for i in 0..batch.num_rows() {
-            if let (Some(&row), true) = (row_of.get(profile.value(i)), minutes.is_valid(i)) {
+            if let (Some(row), true) = (rows.find(profile.value(i)), minutes.is_valid(i)) {
                 responses.push((row, minutes.value(i)));
             }
         }
     }
-    drop(row_of);
 
     // Order times grouped by profile: a counting sort by row, then each profile's own gaps.
     let mut gap_days: Vec<Option<f64>> = vec![None; n];
@@ -396,16 +394,65 @@ pub(super) fn per_profile(
     batch
 }
 
+/// Finds profile ids in the `profiles` table's id column, which is sorted: for ids that come in
+/// ascending order (a facts batch is sorted by profile id) each search gallops forward from the
+/// last, so a batch walks the column once, in memory order, instead of probing a hash map at
+/// random. An id smaller than the last one starts from the beginning again (still correct).
+struct Rows<'a> {
+    ids: &'a StringArray,
+    at: usize,
+    last: &'a str,
+}
+
+impl<'a> Rows<'a> {
+    fn new(ids: &'a StringArray) -> Self {
+        Rows {
+            ids,
+            at: 0,
+            last: "",
+        }
+    }
+
+    fn find(&mut self, key: &'a str) -> Option<u32> {
+        if key < self.last {
+            self.at = 0;
+        }
+        self.last = key;
+        let n = self.ids.len();
+        // Gallop until `hi` is past the end or at an id >= key; the first such id lies in
+        // [lo, hi].
+        let (mut lo, mut hi, mut step) = (self.at, self.at, 1);
+        while hi < n && self.ids.value(hi) < key {
+            lo = hi + 1;
+            hi = lo + step;
+            step *= 2;
+        }
+        let mut end = hi.min(n);
+        while lo < end {
+            let mid = lo + (end - lo) / 2;
+            if self.ids.value(mid) < key {
+                lo = mid + 1;
+            } else {
+                end = mid;
+            }
+        }
+        self.at = lo;
+        (lo < n && self.ids.value(lo) == key).then_some(lo as u32)
+    }
+}
+
+/// `batch` ordered by its first column (the profile id).
+pub fn sorted(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let order = datafusion::arrow::compute::sort_to_indices(batch.column(0), None, None)?;
+    datafusion::arrow::compute::take_record_batch(batch, &order)
+}
+
 /// Running figures a profile, and the (row, time) of every order.
 type Sums = (Vec<Acc>, Vec<(u32, i64)>);
 
 /// The running figures of `n` profiles from `facts`, and the (row, time) of every order (for
 /// the median interval between a customer's orders).
-fn accumulate(
-    row_of: &HashMap<&str, u32>,
-    facts: &[&RecordBatch],
-    n: usize,
-) -> Result<Sums, ArrowError> {
+fn accumulate(ids: &StringArray, facts: &[&RecordBatch], n: usize) -> Result<Sums, ArrowError> {
     let missing = |name: &str| ArrowError::SchemaError(format!("no column {name}"));
     let mut acc = vec![Acc::default(); n];
     let mut order_times: Vec<(u32, i64)> = Vec::new();
@@ -417,12 +464,13 @@ fn accumulate(
         let refund = column("refund")?.as_primitive::<Float64Type>();
         let nps_score = column("nps")?.as_primitive::<Float64Type>();
         let csat_score = column("csat")?.as_primitive::<Float64Type>();
+        let mut rows = Rows::new(ids);
         for i in 0..batch.num_rows() {
             let fact = [order_value, refund, nps_score, csat_score];
             if fact.iter().all(|c| c.is_null(i)) {
                 continue; // a ticket's (see `tickets`)
             }
-            let Some(&row) = row_of.get(profile.value(i)) else {
+            let Some(row) = rows.find(profile.value(i)) else {
                 continue;
             };
             let (a, t) = (&mut acc[row as usize], ts.value(i));
@@ -650,5 +698,34 @@ mod tests {
         );
         assert_eq!(ints("days_since_last_seen"), vec![Some(38), Some(9)]);
         assert_eq!(ints("pos"), vec![Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn rows_are_found_in_the_sorted_ids_whatever_order_the_keys_come_in() {
+        let ids = datafusion::arrow::array::StringArray::from(
+            (0..100).map(|i| format!("id-{i:03}")).collect::<Vec<_>>(),
+        );
+        let mut rows = Rows::new(&ids);
+        let keys: Vec<String> = [
+            "id-000", "id-003", "id-003", "id-050", "id-0505", "id-099", "id-100", "id-002", "a",
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+        let found: Vec<Option<u32>> = keys.iter().map(|k| rows.find(k)).collect();
+        assert_eq!(
+            found,
+            vec![
+                Some(0),
+                Some(3),
+                Some(3),
+                Some(50),
+                None,
+                Some(99),
+                None,
+                Some(2),
+                None
+            ]
+        );
     }
 }

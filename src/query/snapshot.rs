@@ -171,9 +171,16 @@ impl Snapshot {
                 .iter()
                 .map(|l| (l.to_string(), self.merges[l].to_string()))
                 .collect();
-            for batch in self.events.iter_mut().chain(self.facts.iter_mut()) {
+            for batch in &mut self.events {
                 if let Some(rewritten) = remap_profiles(batch, &survivors) {
                     *batch = rewritten;
+                }
+            }
+            for batch in &mut self.facts {
+                if let Some(rewritten) = remap_profiles(batch, &survivors) {
+                    // Facts batches stay sorted by profile id (`health::facts::per_profile`).
+                    *batch =
+                        crate::health::facts::sorted(&rewritten).expect("a string column sorts");
                 }
             }
         }
