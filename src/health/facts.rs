@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{
 use datafusion::arrow::error::ArrowError;
 use serde_json::Value;
 
+use super::gaps::{median, median_gap, MICROS_PER_DAY};
 use super::HealthSettings;
 use crate::query::json;
 use crate::query::snapshot::utc_micros;
@@ -197,9 +198,6 @@ fn text(doc: &str, key: &str) -> Option<String> {
     }
 }
 
-/// Days and minutes in microseconds.
-const MICROS_PER_DAY: f64 = 86_400_000_000.0;
-
 /// What the facts say about each profile, row `i` being profile `i` of the view's `profiles`
 /// table (`id`, `last_seen`): `profile_id`, `pos` (= `i`), `clv`, `orders`, `avg_order_value`,
 /// `last_order_at`, `order_days`, `gap_days`, `nps_score`, `csat_score`,
@@ -293,19 +291,13 @@ pub(super) fn per_profile(
     drop(order_times);
     let mut gaps = Vec::new();
     for (r, gap) in gap_days.iter_mut().enumerate() {
-        *gap = super::gaps::median_gap(&mut grouped[start[r]..start[r + 1]], &mut gaps);
+        *gap = median_gap(&mut grouped[start[r]..start[r + 1]], &mut gaps);
     }
 
     responses.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     let mut first_response: Vec<Option<f64>> = vec![None; n];
     for group in responses.chunk_by(|a, b| a.0 == b.0) {
-        let m = group.len();
-        let median = if m % 2 == 1 {
-            group[m / 2].1
-        } else {
-            (group[m / 2 - 1].1 + group[m / 2].1) / 2.0
-        };
-        first_response[group[0].0 as usize] = Some(round2(median));
+        first_response[group[0].0 as usize] = median(group.len(), |i| group[i].1).map(round2);
     }
 
     let grouped_at = started.elapsed();
@@ -462,11 +454,11 @@ fn accumulate(ids: &StringArray, facts: &[&RecordBatch], n: usize) -> Result<Sum
         let refund = column("refund")?.as_primitive::<Float64Type>();
         let nps_score = column("nps")?.as_primitive::<Float64Type>();
         let csat_score = column("csat")?.as_primitive::<Float64Type>();
+        let ticket = column("ticket")?;
         let mut rows = Rows::new(ids);
         for i in 0..batch.num_rows() {
-            let fact = [order_value, refund, nps_score, csat_score];
-            if fact.iter().all(|c| c.is_null(i)) {
-                continue; // a ticket's (see `tickets`)
+            if ticket.is_valid(i) {
+                continue; // a ticket's fact: counted through `tickets`
             }
             let Some(row) = rows.find(profile.value(i)) else {
                 continue;

@@ -1,7 +1,16 @@
-//! `median_gap`: a customer's usual interval between orders, the median of the gaps between
-//! consecutive order times.
+//! Medians: `median_gap`, a customer's usual interval between orders (the median of the gaps
+//! between consecutive order times), and `median` of any sorted values.
 
-const MICROS_PER_DAY: f64 = 86_400_000_000.0;
+pub(super) const MICROS_PER_DAY: f64 = 86_400_000_000.0;
+
+/// The median of `n` sorted values, value `i` being `at(i)`; `None` for none.
+pub(super) fn median(n: usize, at: impl Fn(usize) -> f64) -> Option<f64> {
+    match n {
+        0 => None,
+        n if n % 2 == 1 => Some(at(n / 2)),
+        n => Some((at(n / 2 - 1) + at(n / 2)) / 2.0),
+    }
+}
 
 pub(super) fn median_gap(times: &mut [i64], gaps: &mut Vec<i64>) -> Option<f64> {
     if times.len() < 2 {
@@ -11,13 +20,7 @@ pub(super) fn median_gap(times: &mut [i64], gaps: &mut Vec<i64>) -> Option<f64> 
     gaps.clear();
     gaps.extend(times.windows(2).map(|w| w[1] - w[0]));
     gaps.sort_unstable();
-    let n = gaps.len();
-    let median = if n % 2 == 1 {
-        gaps[n / 2] as f64
-    } else {
-        (gaps[n / 2 - 1] as f64 + gaps[n / 2] as f64) / 2.0
-    };
-    Some(median / MICROS_PER_DAY)
+    median(gaps.len(), |i| gaps[i] as f64).map(|m| m / MICROS_PER_DAY)
 }
 
 #[cfg(test)]

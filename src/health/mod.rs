@@ -185,12 +185,12 @@ async fn compute(
         ])?;
     let started = std::time::Instant::now();
     let ticket_schema = Arc::new(tickets.schema().as_arrow().clone());
-    let tickets = dealt(tickets.collect().await?, partitions, ticket_schema)?;
+    let answered = tickets.collect().await?;
+    let tickets = dealt(answered.clone(), partitions, ticket_schema)?;
     let tickets_ms = started.elapsed().as_secs_f64() * 1e3;
 
     // Everything else a profile's built-ins need, in one pass over the typed facts.
     let started = std::time::Instant::now();
-    let answered = ctx.read_table(tickets.clone())?.collect().await?;
     let (profiles, health_facts) = (view.profiles_batch.clone(), view.health_facts.clone());
     // CPU-bound for a while at a million profiles: off the async workers.
     let raw = tokio::task::spawn_blocking(move || {
