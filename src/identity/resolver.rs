@@ -257,7 +257,11 @@ pub async fn resolve_batch(
     let tx = client.transaction().await?;
     // Events are durable before this runs; a resolution lost in a crash is simply redone, so the
     // commit need not wait for its WAL flush.
-    tx.batch_execute("SET LOCAL synchronous_commit = off")
+    // Every statement of a batch reads or writes at most a batch's rows by key. Left to itself the
+    // planner turns `= ANY($1)` over a thousand keys into a sequential scan of the whole table
+    // once it thinks the table small (its statistics lag a fast-growing table): a scan that grows
+    // with `event_profiles` and `identities`, where index probes cost the same at any size.
+    tx.batch_execute("SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off")
         .await?;
     // An erasure holds this exclusively: a batch never works from profiles it deletes.
     tx.execute(
