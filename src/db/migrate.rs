@@ -25,6 +25,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_identities_without_foreign_keys",
         include_str!("../../sql/0009_identities_without_foreign_keys.sql"),
     ),
+    (
+        "0010_events_without_source_foreign_key",
+        include_str!("../../sql/0010_events_without_source_foreign_key.sql"),
+    ),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.
