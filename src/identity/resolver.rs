@@ -261,13 +261,13 @@ pub async fn resolve_batch(
     // planner turns `= ANY($1)` over a thousand keys into a sequential scan of the whole table
     // once it thinks the table small (its statistics lag a fast-growing table): a scan that grows
     // with `event_profiles` and `identities`, where index probes cost the same at any size.
-    tx.batch_execute("SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off")
-        .await?;
-    // An erasure holds this exclusively: a batch never works from profiles it deletes.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock_shared($1)",
-        &[&crate::privacy::ERASURE_LOCK],
-    )
+    // An erasure holds the erasure lock exclusively: a batch never works from profiles it deletes.
+    // (One round trip for all three: the lock key is a constant.)
+    tx.batch_execute(&format!(
+        "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off;
+         SELECT pg_advisory_xact_lock_shared({})",
+        crate::privacy::ERASURE_LOCK
+    ))
     .await?;
     let started = std::time::Instant::now();
     let events = store::pending_events(&tx, limit).await?;
@@ -296,7 +296,12 @@ pub async fn resolve_batch(
     let mut ids: Vec<Uuid> = batch.owners.values().copied().collect();
     ids.sort_unstable();
     ids.dedup();
-    for p in store::profiles(&tx, &ids).await? {
+    // Both in flight at once on the one connection (tokio-postgres pipelines them).
+    let (stored, counts) = futures::try_join!(
+        store::profiles(&tx, &ids),
+        store::identity_counts(&tx, &ids)
+    )?;
+    for p in stored {
         batch.profiles.insert(
             p.id,
             Live {
@@ -310,7 +315,7 @@ pub async fn resolve_batch(
             },
         );
     }
-    for (p, kind, n) in store::identity_counts(&tx, &ids).await? {
+    for (p, kind, n) in counts {
         if let Some(live) = batch.profiles.get_mut(&p) {
             live.counts.insert(kind, n as usize);
         }
@@ -349,10 +354,7 @@ fn as_map(value: Value) -> Map<String, Value> {
     }
 }
 
-async fn write(
-    tx: &tokio_postgres::Transaction<'_>,
-    batch: &Batch,
-) -> Result<(), tokio_postgres::Error> {
+async fn write(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch) -> Result<(), DbError> {
     let (mut inserted, mut updated) = (ProfileRows::default(), ProfileRows::default());
     let live = batch.profiles.iter().map(|(id, l)| (*id, l));
     let gone = batch.merged_away_new.iter().map(|(id, l)| (*id, l));
@@ -369,31 +371,58 @@ async fn write(
         rows.traits.push(Value::Object(profile.traits.clone()));
         rows.trait_meta.push(Value::Object(profile.meta.clone()));
     }
-    let started = std::time::Instant::now();
-    store::insert_profiles(tx, &inserted).await?;
-    let t_insert = started.elapsed();
-    store::update_profiles(tx, &updated).await?;
-    let t_update = started.elapsed();
-
-    if !batch.new_identities.is_empty() {
-        let n = batch.new_identities.len();
-        let (mut kinds, mut values, mut owners, mut sources, mut seen) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (id, profile, source, first_seen) in &batch.new_identities {
-            kinds.push(id.kind.as_str());
-            values.push(id.value.as_str());
-            owners.push(batch.find(*profile));
-            sources.push(*source);
-            seen.push(*first_seen);
-        }
-        store::insert_identities(tx, &kinds, &values, &owners, &sources, &seen).await?;
+    let n = batch.new_identities.len();
+    let (mut kinds, mut values, mut owners, mut sources, mut seen) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, profile, source, first_seen) in &batch.new_identities {
+        kinds.push(id.kind.as_str());
+        values.push(id.value.as_str());
+        owners.push(batch.find(*profile));
+        sources.push(*source);
+        seen.push(*first_seen);
     }
+    let seqs: Vec<i64> = batch.attributed.iter().map(|a| a.0).collect();
+    let profiles: Vec<Option<Uuid>> = batch
+        .attributed
+        .iter()
+        .map(|a| a.1.map(|p| batch.find(p)))
+        .collect();
 
+    // The four statements touch disjoint rows, so they go out together, pipelined on the one
+    // connection, instead of each waiting for the one before to come back.
+    let started = std::time::Instant::now();
+    let skip = || async { Ok::<u64, tokio_postgres::Error>(0) };
+    futures::try_join!(
+        async {
+            match inserted.id.is_empty() {
+                true => skip().await,
+                false => store::insert_profiles(tx, &inserted).await,
+            }
+        },
+        async {
+            match updated.id.is_empty() {
+                true => skip().await,
+                false => store::update_profiles(tx, &updated).await,
+            }
+        },
+        async {
+            match kinds.is_empty() {
+                true => skip().await,
+                false => {
+                    store::insert_identities(tx, &kinds, &values, &owners, &sources, &seen).await
+                }
+            }
+        },
+        store::mark_resolved(tx, &seqs, &profiles),
+    )?;
+    let t_rows = started.elapsed();
+
+    // After the profile inserts: a merge marks profiles this batch created as merged away.
     if !batch.merges.is_empty() {
         let losers: Vec<Uuid> = batch.merges.iter().map(|m| m.1).collect();
         let finals: Vec<Uuid> = losers.iter().map(|l| batch.find(*l)).collect();
@@ -404,22 +433,12 @@ async fn write(
         let seqs: Vec<i64> = batch.merges.iter().map(|m| m.3).collect();
         store::insert_merges(tx, &winners, &losers, &kinds, &values, &seqs).await?;
     }
-
-    let seqs: Vec<i64> = batch.attributed.iter().map(|a| a.0).collect();
-    let profiles: Vec<Option<Uuid>> = batch
-        .attributed
-        .iter()
-        .map(|a| a.1.map(|p| batch.find(p)))
-        .collect();
-    let t_merges = started.elapsed();
-    store::mark_resolved(tx, &seqs, &profiles).await?;
     tracing::debug!(
         inserted = inserted.id.len(),
         updated = updated.id.len(),
-        insert_ms = t_insert.as_secs_f64() * 1e3,
-        update_ms = (t_update - t_insert).as_secs_f64() * 1e3,
-        identities_merges_ms = (t_merges - t_update).as_secs_f64() * 1e3,
-        mark_ms = (started.elapsed() - t_merges).as_secs_f64() * 1e3,
+        identities = n,
+        rows_ms = t_rows.as_secs_f64() * 1e3,
+        merges_ms = (started.elapsed() - t_rows).as_secs_f64() * 1e3,
         "wrote a batch"
     );
     Ok(())

@@ -3,8 +3,8 @@
 //! transaction, one statement per batch of rows.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use serde_json::Value;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 /// An event waiting for resolution, with just what resolution reads.
@@ -42,11 +42,11 @@ pub async fn pending_events(
 ) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
+            &tx.prepare_cached("SELECT e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
                     CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds'
              FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL ORDER BY seq LIMIT $1) AS p
              JOIN events e ON e.seq = p.seq
-             ORDER BY e.seq",
+             ORDER BY e.seq").await?,
             &[&limit],
         )
         .await?;
@@ -75,9 +75,12 @@ pub async fn owners(
 ) -> Result<Vec<(String, String, Uuid)>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT i.kind, i.value, i.profile_id
+            &tx.prepare_cached(
+                "SELECT i.kind, i.value, i.profile_id
              FROM unnest($1::text[], $2::text[]) AS k(kind, value)
              JOIN identities i ON i.kind = k.kind AND i.value = k.value",
+            )
+            .await?,
             &[&kinds, &values],
         )
         .await?;
@@ -102,7 +105,7 @@ pub async fn profiles(
 ) -> Result<Vec<StoredProfile>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT id, first_seen, last_seen, event_count, traits, trait_meta FROM profiles WHERE id = ANY($1)",
+            &tx.prepare_cached("SELECT id, first_seen, last_seen, event_count, traits, trait_meta FROM profiles WHERE id = ANY($1)").await?,
             &[&ids],
         )
         .await?;
@@ -126,7 +129,7 @@ pub async fn identity_counts(
 ) -> Result<Vec<(Uuid, String, i64)>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT profile_id, kind, count(*) FROM identities WHERE profile_id = ANY($1) GROUP BY 1, 2",
+            &tx.prepare_cached("SELECT profile_id, kind, count(*) FROM identities WHERE profile_id = ANY($1) GROUP BY 1, 2").await?,
             &[&ids],
         )
         .await?;
@@ -152,8 +155,8 @@ pub async fn insert_profiles(
     rows: &ProfileRows,
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "INSERT INTO profiles (id, first_seen, last_seen, event_count, traits, trait_meta)
-         SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])",
+        &tx.prepare_cached("INSERT INTO profiles (id, first_seen, last_seen, event_count, traits, trait_meta)
+         SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])").await?,
         &[&rows.id, &rows.first_seen, &rows.last_seen, &rows.event_count, &rows.traits, &rows.trait_meta],
     )
     .await
@@ -164,11 +167,11 @@ pub async fn update_profiles(
     rows: &ProfileRows,
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "UPDATE profiles p SET first_seen = u.first_seen, last_seen = u.last_seen, event_count = u.event_count,
+        &tx.prepare_cached("UPDATE profiles p SET first_seen = u.first_seen, last_seen = u.last_seen, event_count = u.event_count,
                 traits = u.traits, trait_meta = u.trait_meta, version = nextval('profile_versions'), updated_at = now()
          FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::jsonb[], $6::jsonb[])
               AS u(id, first_seen, last_seen, event_count, traits, trait_meta)
-         WHERE p.id = u.id AND p.id = ANY($1)",
+         WHERE p.id = u.id AND p.id = ANY($1)").await?,
         &[&rows.id, &rows.first_seen, &rows.last_seen, &rows.event_count, &rows.traits, &rows.trait_meta],
     )
     .await
@@ -183,8 +186,11 @@ pub async fn insert_identities(
     first_seen: &[DateTime<Utc>],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "INSERT INTO identities (kind, value, profile_id, source_id, first_seen)
+        &tx.prepare_cached(
+            "INSERT INTO identities (kind, value, profile_id, source_id, first_seen)
          SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[])",
+        )
+        .await?,
         &[&kinds, &values, &profile_ids, &source_ids, &first_seen],
     )
     .await
@@ -198,37 +204,38 @@ pub async fn apply_merges(
     winners: &[Uuid],
 ) -> Result<(), tokio_postgres::Error> {
     tx.execute(
-        "UPDATE identities i SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
-         WHERE i.profile_id = m.loser AND i.profile_id = ANY($1)",
+        &tx.prepare_cached("UPDATE identities i SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
+         WHERE i.profile_id = m.loser AND i.profile_id = ANY($1)").await?,
         &[&losers, &winners],
     )
     .await?;
     tx.execute(
-        "UPDATE event_profiles e SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
-         WHERE e.profile_id = m.loser AND e.profile_id = ANY($1)",
+        &tx.prepare_cached("UPDATE event_profiles e SET profile_id = m.winner FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
+         WHERE e.profile_id = m.loser AND e.profile_id = ANY($1)").await?,
         &[&losers, &winners],
     )
     .await?;
     // Memberships move to the survivor; where both were members, the earlier entry stands.
     tx.execute(
-        "INSERT INTO segment_members (segment_id, profile_id, entered_at)
+        &tx.prepare_cached("INSERT INTO segment_members (segment_id, profile_id, entered_at)
          SELECT s.segment_id, m.winner, min(s.entered_at)
          FROM segment_members s JOIN unnest($1::uuid[], $2::uuid[]) AS m(loser, winner) ON s.profile_id = m.loser
          WHERE s.profile_id = ANY($1)
          GROUP BY 1, 2
-         ON CONFLICT (segment_id, profile_id) DO UPDATE SET entered_at = LEAST(segment_members.entered_at, EXCLUDED.entered_at)",
+         ON CONFLICT (segment_id, profile_id) DO UPDATE SET entered_at = LEAST(segment_members.entered_at, EXCLUDED.entered_at)").await?,
         &[&losers, &winners],
     )
     .await?;
     tx.execute(
-        "DELETE FROM segment_members WHERE profile_id = ANY($1)",
+        &tx.prepare_cached("DELETE FROM segment_members WHERE profile_id = ANY($1)")
+            .await?,
         &[&losers],
     )
     .await?;
     tx.execute(
-        "UPDATE profiles p SET merged_into = m.winner, version = nextval('profile_versions'), updated_at = now()
+        &tx.prepare_cached("UPDATE profiles p SET merged_into = m.winner, version = nextval('profile_versions'), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[]) AS m(loser, winner)
-         WHERE (p.id = m.loser AND p.id = ANY($1)) OR (p.merged_into = m.loser AND p.merged_into = ANY($1))",
+         WHERE (p.id = m.loser AND p.id = ANY($1)) OR (p.merged_into = m.loser AND p.merged_into = ANY($1))").await?,
         &[&losers, &winners],
     )
     .await?;
@@ -244,8 +251,11 @@ pub async fn insert_merges(
     seqs: &[i64],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "INSERT INTO profile_merges (winner, loser, identity_kind, identity_value, event_seq)
+        &tx.prepare_cached(
+            "INSERT INTO profile_merges (winner, loser, identity_kind, identity_value, event_seq)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])",
+        )
+        .await?,
         &[&winners, &losers, &kinds, &values, &seqs],
     )
     .await
@@ -257,8 +267,8 @@ pub async fn mark_resolved(
     profile_ids: &[Option<Uuid>],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "UPDATE event_profiles e SET profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
-         FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq AND e.seq = ANY($1)",
+        &tx.prepare_cached("UPDATE event_profiles e SET profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
+         FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq AND e.seq = ANY($1)").await?,
         &[&seqs, &profile_ids],
     )
     .await
