@@ -29,6 +29,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_events_without_source_foreign_key",
         include_str!("../../sql/0010_events_without_source_foreign_key.sql"),
     ),
+    (
+        "0011_identities_byte_collation",
+        include_str!("../../sql/0011_identities_byte_collation.sql"),
+    ),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.
