@@ -42,6 +42,10 @@ pub struct IngestBench {
     /// Measure ingest alone, with identity resolution off.
     #[arg(long)]
     pub no_identity: bool,
+    /// Offer this many messages a second instead of sending as fast as the server answers (to
+    /// measure freshness at a sustained load); the COPY baseline is unchanged.
+    #[arg(long)]
+    pub rate: Option<u32>,
 }
 
 pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
@@ -98,6 +102,11 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
             done.clone(),
         ))
     });
+    ensure!(args.rate != Some(0), "--rate must be positive");
+    // With --rate, request i is sent no earlier than i batches' worth of the rate after the start.
+    let every = args
+        .rate
+        .map(|rate| std::time::Duration::from_secs_f64(args.batch as f64 / rate as f64));
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -117,6 +126,9 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
+                if let Some(every) = every {
+                    tokio::time::sleep_until((started + every * i as u32).into()).await;
+                }
                 let sent = Instant::now();
                 let response = client
                     .post(format!("{base}/v1/batch"))
@@ -190,8 +202,13 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     let copy_rate = args.messages as f64 / copy_secs;
 
     println!(
-        "kizuna bench ingest: {} messages, batches of {}, {} connections",
-        args.messages, args.batch, args.connections
+        "kizuna bench ingest: {} messages, batches of {}, {} connections{}",
+        args.messages,
+        args.batch,
+        args.connections,
+        args.rate
+            .map(|rate| format!(", offered {rate} messages/s"))
+            .unwrap_or_default()
     );
     println!("  ingest  {ingest_rate:>10.0} events/s  ({ingest_secs:.1} s)");
     println!(
