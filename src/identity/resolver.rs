@@ -255,14 +255,14 @@ pub async fn resolve_batch(
     limit: i64,
 ) -> Result<BatchOutcome, DbError> {
     let tx = client.transaction().await?;
-    // Events are durable before this runs; a resolution lost in a crash is simply redone, so the
-    // commit need not wait for its WAL flush.
-    // Every statement of a batch reads or writes at most a batch's rows by key. Left to itself the
-    // planner turns `= ANY($1)` over a thousand keys into a sequential scan of the whole table
-    // once it thinks the table small (its statistics lag a fast-growing table): a scan that grows
-    // with `event_profiles` and `identities`, where index probes cost the same at any size.
-    // An erasure holds the erasure lock exclusively: a batch never works from profiles it deletes.
-    // (One round trip for all three: the lock key is a constant.)
+    // In one round trip (the lock key is a constant):
+    // - events are durable before this runs and a resolution lost in a crash is simply redone, so
+    //   the commit need not wait for its WAL flush;
+    // - every statement of a batch reads or writes at most a batch's rows by key, but left to
+    //   itself the planner turns `= ANY($1)` over a thousand keys into a scan of all of
+    //   `event_profiles` or `identities` once its statistics (lagging a fast-growing table) call
+    //   the table small: a cost that grows with the data, where index probes stay flat;
+    // - an erasure holds the erasure lock exclusively: a batch never works from profiles it deletes.
     tx.batch_execute(&format!(
         "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off;
          SELECT pg_advisory_xact_lock_shared({})",
@@ -396,23 +396,22 @@ async fn write(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch) -> Result
     // The four statements touch disjoint rows, so they go out together, pipelined on the one
     // connection, instead of each waiting for the one before to come back.
     let started = std::time::Instant::now();
-    let skip = || async { Ok::<u64, tokio_postgres::Error>(0) };
     futures::try_join!(
         async {
             match inserted.id.is_empty() {
-                true => skip().await,
+                true => Ok(0),
                 false => store::insert_profiles(tx, &inserted).await,
             }
         },
         async {
             match updated.id.is_empty() {
-                true => skip().await,
+                true => Ok(0),
                 false => store::update_profiles(tx, &updated).await,
             }
         },
         async {
             match kinds.is_empty() {
-                true => skip().await,
+                true => Ok(0),
                 false => {
                     store::insert_identities(tx, &kinds, &values, &owners, &sources, &seen).await
                 }
