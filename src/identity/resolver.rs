@@ -2,6 +2,11 @@
 //! unresolved events in batches, decides each in `seq` order in memory, and writes the outcome —
 //! new profiles, identities, merges, traits, and each event's `profile_id` — in one transaction.
 //! A crash rolls the batch back and it is taken again: nothing is lost or resolved twice.
+//!
+//! Batches go through two connections in turn, one stage apart: while batch K is written and
+//! committed on one, batch K+1 is read, looked up and decided on the other, through K's outcome
+//! (`prepare`). Batches still commit one after another, in order, so the result — and the order
+//! of `resolved_seq` and profile versions the snapshot follows — is the serial resolver's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -55,10 +60,12 @@ impl Resolver {
         tracing::info!("identity resolver stopped");
     }
 
-    /// Holds the resolver lock on one connection and resolves until shutdown or an error.
+    /// Holds the resolver lock on one connection and resolves until shutdown or an error. Two
+    /// connections take turns: while one writes and commits batch K, the other already reads,
+    /// looks up and decides batch K+1, seeing K's outcome before K commits (see `prepare`).
     async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), DbError> {
-        let mut client = self.db.conn().await?;
-        let locked: bool = client
+        let leader = self.db.conn().await?;
+        let locked: bool = leader
             .query_one("SELECT pg_try_advisory_lock($1)", &[&RESOLVER_LOCK])
             .await?
             .get(0);
@@ -70,19 +77,97 @@ impl Resolver {
             }
             return Ok(());
         }
-        loop {
-            if *shutdown.borrow() {
-                client
+        let second = match self.db.conn().await {
+            Ok(second) => second,
+            Err(err) => {
+                // Closed, not pooled: a pooled connection would keep the resolver lock.
+                drop(deadpool_postgres::Object::take(leader));
+                return Err(err);
+            }
+        };
+        let clients = [leader, second];
+        let resolved = self.pipeline(&clients, shutdown).await;
+        let [leader, second] = clients;
+        match resolved {
+            Ok(()) => {
+                leader
                     .execute("SELECT pg_advisory_unlock($1)", &[&RESOLVER_LOCK])
                     .await?;
+                Ok(())
+            }
+            Err(err) => {
+                // Either connection may sit in a failed or unfinished transaction: close both
+                // rather than hand them back to the pool (closing also frees the resolver lock).
+                drop(deadpool_postgres::Object::take(leader));
+                drop(deadpool_postgres::Object::take(second));
+                Err(err)
+            }
+        }
+    }
+
+    async fn pipeline(
+        &self,
+        clients: &[deadpool_postgres::Object; 2],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DbError> {
+        let mut next: Option<Decided> = None;
+        let mut last_ingested = self.metrics.events_ingested.get();
+        loop {
+            if *shutdown.borrow() && next.is_none() {
                 return Ok(());
             }
-            let outcome = resolve_batch(&mut client, &self.rules, self.batch_size).await?;
+            let current = match next.take() {
+                Some(decided) => decided,
+                None => match prepare(&clients[0], 0, &self.rules, self.batch_size, None).await? {
+                    Some(decided) => decided,
+                    None => {
+                        tokio::select! {
+                            _ = self.wake.notified() => {}
+                            _ = tokio::time::sleep(self.idle) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            let other = 1 - current.client;
+            // Acknowledgements come first: while ingest stores messages faster than a batch
+            // clears them, the next batch waits for this one to commit, so resolution keeps to
+            // one core and leaves the other to ingest; once ingest eases (a trickle does not
+            // count), the two overlap and the backlog drains on both cores.
+            let ingested = self.metrics.events_ingested.get();
+            let ingest_busy =
+                ingested.saturating_sub(last_ingested) > current.outcome.events as u64;
+            last_ingested = ingested;
+            let stopping = *shutdown.borrow();
+            if ingest_busy || stopping {
+                finish(&clients[current.client], &current).await?;
+                next = match stopping {
+                    true => None,
+                    false => {
+                        prepare(&clients[other], other, &self.rules, self.batch_size, None).await?
+                    }
+                };
+            } else {
+                let (written, prepared) = tokio::join!(
+                    finish(&clients[current.client], &current),
+                    prepare(
+                        &clients[other],
+                        other,
+                        &self.rules,
+                        self.batch_size,
+                        Some(&current),
+                    )
+                );
+                written?;
+                next = prepared?;
+            }
+            let outcome = current.outcome;
             self.metrics.profile_merges.inc_by(outcome.merges as u64);
             self.metrics
                 .events_suppressed
                 .inc_by(outcome.suppressed as u64);
-            if (outcome.events as i64) < self.batch_size {
+            if next.is_none() && (outcome.events as i64) < self.batch_size {
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(self.idle) => {}
@@ -94,6 +179,7 @@ impl Resolver {
 }
 
 /// A profile as the batch sees it.
+#[derive(Clone)]
 struct Live {
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
@@ -248,34 +334,112 @@ fn identify_traits(event: &PendingEvent) -> Option<Map<String, Value>> {
     (!merged.is_empty()).then_some(merged)
 }
 
-/// Resolves up to `limit` pending events in one transaction.
+/// A batch read, looked up and decided inside its still-open transaction on `clients[client]`,
+/// waiting to be written and committed by `finish`.
+struct Decided {
+    client: usize,
+    /// The transaction's id, for the next batch to ask whether this one has committed.
+    txid: i64,
+    /// Every event the batch took (resolved or deleted as suppressed): the next batch, read
+    /// while this one is uncommitted, must not take them again.
+    taken: Vec<i64>,
+    batch: Batch,
+    outcome: BatchOutcome,
+}
+
+/// Resolves up to `limit` pending events in one transaction on `client` (what the resolver does
+/// when no other batch is in flight).
 pub async fn resolve_batch(
     client: &mut deadpool_postgres::Object,
     rules: &IdentityRules,
     limit: i64,
 ) -> Result<BatchOutcome, DbError> {
-    let tx = client.transaction().await?;
-    // In one round trip (the lock key is a constant):
+    match prepare(client, 0, rules, limit, None).await {
+        Ok(Some(decided)) => match finish(client, &decided).await {
+            Ok(()) => Ok(decided.outcome),
+            Err(err) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(err)
+            }
+        },
+        Ok(None) => Ok(BatchOutcome::default()),
+        Err(err) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(err)
+        }
+    }
+}
+
+/// Opens a transaction on `client` and reads, looks up and decides the next batch in it; `None`
+/// (and the transaction closed) when nothing is pending.
+///
+/// `prior` is the batch being written on the other connection meanwhile. Until it commits the
+/// database does not show its outcome, so this batch sees the database through it: an
+/// identifier `prior` knows belongs to the profile `prior` gave it, a profile `prior` merged away
+/// is read as its survivor, and a profile `prior` holds is taken as `prior` left it. Whichever
+/// of its statements run before or after `prior` commits, the answers are the same, and they are
+/// what a batch started after `prior`'s commit would see. The one thing that could come between
+/// is an erasure, and it cannot: `prior` holds the erasure lock shared until it commits, and
+/// this batch takes it shared before it asks whether `prior` is still in progress. If `prior`
+/// has already committed, the database is read as it is (an erasure may have run since).
+async fn prepare(
+    client: &deadpool_postgres::Object,
+    index: usize,
+    rules: &IdentityRules,
+    limit: i64,
+    prior: Option<&Decided>,
+) -> Result<Option<Decided>, DbError> {
+    // In one round trip (the lock key and prior's txid are numbers we made):
     // - events are durable before this runs and a resolution lost in a crash is simply redone, so
     //   the commit need not wait for its WAL flush;
     // - every statement of a batch reads or writes at most a batch's rows by key, but left to
     //   itself the planner turns `= ANY($1)` over a thousand keys into a scan of all of
     //   `event_profiles` or `identities` once its statistics (lagging a fast-growing table) call
     //   the table small: a cost that grows with the data, where index probes stay flat;
-    // - an erasure holds the erasure lock exclusively: a batch never works from profiles it deletes.
-    tx.batch_execute(&format!(
-        "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off;
-         SELECT pg_advisory_xact_lock_shared({})",
-        crate::privacy::ERASURE_LOCK
-    ))
-    .await?;
+    // - an erasure holds the erasure lock exclusively: a batch never works from profiles it
+    //   deletes; and only once this batch holds it, whether `prior` is still in progress.
+    let status = match prior {
+        Some(prior) => format!("txid_status({})", prior.txid),
+        None => "NULL".to_string(),
+    };
+    let rows = client
+        .simple_query(&format!(
+            "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off;
+             SELECT pg_advisory_xact_lock_shared({});
+             SELECT txid_current()::text, {status}",
+            crate::privacy::ERASURE_LOCK
+        ))
+        .await?;
+    let (txid, prior_status) = rows
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                row.get(0).and_then(|t| t.parse::<i64>().ok()),
+                row.get(1).map(str::to_string),
+            )),
+            _ => None,
+        })
+        .ok_or_else(|| DbError::Unavailable("BEGIN returned no transaction id".into()))?;
+    let txid = txid.ok_or_else(|| DbError::Unavailable("unreadable transaction id".into()))?;
+    let overlay = match (prior, prior_status.as_deref()) {
+        (None, _) | (Some(_), Some("committed")) => None,
+        (Some(prior), Some("in progress")) => Some(&prior.batch),
+        (Some(_), other) => {
+            return Err(DbError::Unavailable(format!(
+                "the batch before ended {other:?}; starting over"
+            )))
+        }
+    };
     let started = std::time::Instant::now();
-    let events = store::pending_events(&tx, limit).await?;
+    let skip = prior.map(|p| p.taken.as_slice()).unwrap_or(&[]);
+    let events = store::pending_events(client, limit, skip).await?;
     if events.is_empty() {
-        return Ok(BatchOutcome::default());
+        client.batch_execute("COMMIT").await?;
+        return Ok(None);
     }
-    let taken = events.len();
-    let (events, suppressed) = crate::privacy::sweep_pending(&tx, rules, events).await?;
+    let taken: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let (events, suppressed) = crate::privacy::sweep_pending(&***client, rules, events).await?;
     let read = started.elapsed();
 
     // Every identifier the batch could touch, looked up at once (aliases both ways).
@@ -289,19 +453,42 @@ pub async fn resolve_batch(
         .iter()
         .map(|id| (id.kind.as_str(), id.value.as_str()))
         .unzip();
-    let mut batch = Batch::default();
-    for (kind, value, profile) in store::owners(&tx, &kinds, &values).await? {
-        batch.owners.insert(Identifier { kind, value }, profile);
+    let mut stored: HashMap<Identifier, Uuid> = HashMap::new();
+    for (kind, value, profile) in store::owners(client, &kinds, &values).await? {
+        stored.insert(Identifier { kind, value }, profile);
     }
-    let mut ids: Vec<Uuid> = batch.owners.values().copied().collect();
+    let mut batch = Batch::default();
+    for id in wanted {
+        let owner = match overlay {
+            Some(prior) => prior
+                .owner(&id)
+                .or_else(|| stored.get(&id).map(|p| prior.find(*p))),
+            None => stored.get(&id).copied(),
+        };
+        if let Some(owner) = owner {
+            batch.owners.insert(id, owner);
+        }
+    }
+    let mut ids: Vec<Uuid> = Vec::new();
+    for p in batch.owners.values() {
+        match overlay.and_then(|prior| prior.profiles.get(p)) {
+            Some(live) => {
+                // Written by `prior` before this batch writes: an update now, not an insert.
+                let mut live = live.clone();
+                live.is_new = false;
+                batch.profiles.insert(*p, live);
+            }
+            None => ids.push(*p),
+        }
+    }
     ids.sort_unstable();
     ids.dedup();
     // Both in flight at once on the one connection (tokio-postgres pipelines them).
-    let (stored, counts) = futures::try_join!(
-        store::profiles(&tx, &ids),
-        store::identity_counts(&tx, &ids)
+    let (loaded, counts) = futures::try_join!(
+        store::profiles(client, &ids),
+        store::identity_counts(client, &ids)
     )?;
-    for p in stored {
+    for p in loaded {
         batch.profiles.insert(
             p.id,
             Live {
@@ -325,26 +512,42 @@ pub async fn resolve_batch(
     for event in &events {
         batch.resolve(event, rules);
     }
-    let decided = started.elapsed();
-
-    write(&tx, &batch).await?;
-    let written = started.elapsed();
-    tx.commit().await?;
     tracing::debug!(
         events = events.len(),
         merges = batch.merges.len(),
+        through_prior = overlay.is_some(),
         read_ms = read.as_secs_f64() * 1e3,
         lookup_ms = (looked_up - read).as_secs_f64() * 1e3,
-        decide_ms = (decided - looked_up).as_secs_f64() * 1e3,
-        write_ms = (written - decided).as_secs_f64() * 1e3,
+        decide_ms = (started.elapsed() - looked_up).as_secs_f64() * 1e3,
+        "decided a batch"
+    );
+    let outcome = BatchOutcome {
+        events: taken.len(),
+        merges: batch.merges.len(),
+        suppressed,
+    };
+    Ok(Some(Decided {
+        client: index,
+        txid,
+        taken,
+        batch,
+        outcome,
+    }))
+}
+
+/// Writes a decided batch and commits it.
+async fn finish(client: &deadpool_postgres::Object, decided: &Decided) -> Result<(), DbError> {
+    let started = std::time::Instant::now();
+    write(client, &decided.batch).await?;
+    let written = started.elapsed();
+    client.batch_execute("COMMIT").await?;
+    tracing::debug!(
+        events = decided.outcome.events,
+        write_ms = written.as_secs_f64() * 1e3,
         commit_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
         "resolved a batch"
     );
-    Ok(BatchOutcome {
-        events: taken,
-        merges: batch.merges.len(),
-        suppressed,
-    })
+    Ok(())
 }
 
 fn as_map(value: Value) -> Map<String, Value> {
@@ -354,7 +557,7 @@ fn as_map(value: Value) -> Map<String, Value> {
     }
 }
 
-async fn write(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch) -> Result<(), DbError> {
+async fn write(tx: &deadpool_postgres::Object, batch: &Batch) -> Result<(), DbError> {
     let (mut inserted, mut updated) = (ProfileRows::default(), ProfileRows::default());
     let live = batch.profiles.iter().map(|(id, l)| (*id, l));
     let gone = batch.merged_away_new.iter().map(|(id, l)| (*id, l));

@@ -3,7 +3,7 @@
 //! transaction, one statement per batch of rows.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -36,18 +36,22 @@ impl PendingEvent {
     }
 }
 
+/// The first `limit` events waiting for resolution, but for `skip` (those of a batch still being
+/// written).
 pub async fn pending_events(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     limit: i64,
+    skip: &[i64],
 ) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
     let rows = tx
         .query(
             &tx.prepare_cached("SELECT e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
                     CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds'
-             FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL ORDER BY seq LIMIT $1) AS p
+             FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL AND seq <> ALL($2)
+                   ORDER BY seq LIMIT $1) AS p
              JOIN events e ON e.seq = p.seq
              ORDER BY e.seq").await?,
-            &[&limit],
+            &[&limit, &skip],
         )
         .await?;
     Ok(rows
@@ -69,7 +73,7 @@ pub async fn pending_events(
 
 /// `(kind, value) → profile` for the identifiers that exist.
 pub async fn owners(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     kinds: &[&str],
     values: &[&str],
 ) -> Result<Vec<(String, String, Uuid)>, tokio_postgres::Error> {
@@ -100,7 +104,7 @@ pub struct StoredProfile {
 }
 
 pub async fn profiles(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     ids: &[Uuid],
 ) -> Result<Vec<StoredProfile>, tokio_postgres::Error> {
     let rows = tx
@@ -124,7 +128,7 @@ pub async fn profiles(
 
 /// How many identifiers of each kind each profile holds.
 pub async fn identity_counts(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, String, i64)>, tokio_postgres::Error> {
     let rows = tx
@@ -151,7 +155,7 @@ pub struct ProfileRows {
 }
 
 pub async fn insert_profiles(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     rows: &ProfileRows,
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
@@ -163,7 +167,7 @@ pub async fn insert_profiles(
 }
 
 pub async fn update_profiles(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     rows: &ProfileRows,
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
@@ -178,7 +182,7 @@ pub async fn update_profiles(
 }
 
 pub async fn insert_identities(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     kinds: &[&str],
     values: &[&str],
     profile_ids: &[Uuid],
@@ -199,7 +203,7 @@ pub async fn insert_identities(
 /// Moves everything of each loser to its final winner: identities, events, and profiles that
 /// had been merged into the loser before.
 pub async fn apply_merges(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     losers: &[Uuid],
     winners: &[Uuid],
 ) -> Result<(), tokio_postgres::Error> {
@@ -243,7 +247,7 @@ pub async fn apply_merges(
 }
 
 pub async fn insert_merges(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     winners: &[Uuid],
     losers: &[Uuid],
     kinds: &[&str],
@@ -262,7 +266,7 @@ pub async fn insert_merges(
 }
 
 pub async fn mark_resolved(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     seqs: &[i64],
     profile_ids: &[Option<Uuid>],
 ) -> Result<u64, tokio_postgres::Error> {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
@@ -99,7 +98,7 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
         .collect();
 
     // Events not resolved yet would otherwise build the person again from their identifiers.
-    let pending = crate::identity::store::pending_events(&tx, i64::MAX).await?;
+    let pending = crate::identity::store::pending_events(&tx, i64::MAX, &[]).await?;
     let carrying: Vec<i64> = pending
         .iter()
         .filter(|e| pending_hashes(e, rules).iter().any(|h| hashes.contains(h)))
@@ -136,7 +135,7 @@ fn pending_hashes(event: &PendingEvent, rules: &IdentityRules) -> Vec<Identifier
 /// carrying a suppressed identifier are deleted instead of resolved. Costs one small query a
 /// batch while the list is empty, and one index lookup more when it is not.
 pub async fn sweep_pending(
-    tx: &Transaction<'_>,
+    tx: &impl tokio_postgres::GenericClient,
     rules: &IdentityRules,
     events: Vec<PendingEvent>,
 ) -> Result<(Vec<PendingEvent>, usize), tokio_postgres::Error> {

@@ -256,7 +256,7 @@ pub async fn vanished(
 }
 
 /// Whether the suppression list has any entry.
-pub async fn any_suppressed(tx: &Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+pub async fn any_suppressed(tx: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
     Ok(tx
         .query_one("SELECT EXISTS (SELECT 1 FROM suppressions)", &[])
         .await?
@@ -265,7 +265,7 @@ pub async fn any_suppressed(tx: &Transaction<'_>) -> Result<bool, tokio_postgres
 
 /// The hashes among `hashes` that are suppressed.
 pub async fn suppressed_among(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     hashes: &[Vec<u8>],
 ) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
     let rows = tx
@@ -279,7 +279,7 @@ pub async fn suppressed_among(
 
 /// Deletes events (and their `event_profiles` rows) that must not be kept.
 pub async fn delete_events(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     seqs: &[i64],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(

@@ -438,3 +438,65 @@ async fn unknown_profiles_and_bad_lookups_get_problems() {
         .unwrap();
     problem(no_token, 401).await;
 }
+
+/// With one event a batch, the resolver decides each batch while the one before is still being
+/// written (seeing that batch's outcome before it commits): a login joining the history, a
+/// second device merging in, a trait and a shared computer must come out as if resolved in one go.
+#[tokio::test]
+async fn a_burst_resolved_one_event_a_batch_ends_as_if_resolved_at_once() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options { via_proxy: false }, |s| {
+        s.identity.batch_size = 1;
+    })
+    .await;
+    let (_, web) = app.create_source("Web", "web").await;
+    send(&app, &web, vec![
+        json!({"type": "page", "anonymousId": "laptop-1", "timestamp": "2024-05-01T10:00:00Z"}),
+        json!({"type": "identify", "anonymousId": "laptop-1", "userId": "ada", "traits": {"email": "ada@example.com", "plan": "free"}, "timestamp": "2024-05-01T10:01:00Z"}),
+        json!({"type": "screen", "anonymousId": "phone-2", "timestamp": "2024-05-01T10:02:00Z"}),
+        json!({"type": "identify", "anonymousId": "phone-2", "userId": "ada", "messageId": "phone-login", "timestamp": "2024-05-01T10:03:00Z"}),
+        json!({"type": "identify", "userId": "ada", "traits": {"plan": "pro"}, "timestamp": "2024-05-01T10:04:00Z"}),
+        json!({"type": "identify", "anonymousId": "family-pc", "userId": "bob", "timestamp": "2024-05-01T11:00:00Z"}),
+        json!({"type": "identify", "anonymousId": "family-pc", "userId": "carol", "timestamp": "2024-05-01T11:05:00Z"}),
+        json!({"type": "track", "event": "Order Completed", "userId": "carol", "timestamp": "2024-05-01T11:06:00Z"}),
+    ]).await;
+    app.settle().await;
+
+    let ada = app.lookup("user_id", "ada").await;
+    assert_eq!(ada["event_count"], 5, "both devices' history is Ada's");
+    assert_eq!(ada["traits"]["plan"], "pro");
+    assert_eq!(ada["first_seen"], "2024-05-01T10:00:00Z");
+    assert_eq!(
+        identities(&ada),
+        vec![
+            pair("anonymous_id", "laptop-1"),
+            pair("anonymous_id", "phone-2"),
+            pair("email", "ada@example.com"),
+            pair("user_id", "ada"),
+        ]
+    );
+    let merges = app
+        .get_json(&format!(
+            "/v1/profiles/{}/merges",
+            ada["id"].as_str().unwrap()
+        ))
+        .await;
+    let items = merges["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "the phone's profile merged in once");
+    assert_eq!(items[0]["message_id"], "phone-login");
+
+    let bob = app.lookup("user_id", "bob").await;
+    let carol = app.lookup("user_id", "carol").await;
+    assert_ne!(bob["id"], carol["id"], "a shared computer fuses nobody");
+    assert_eq!(carol["event_count"], 2);
+    let live: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 3);
+}
