@@ -350,24 +350,22 @@ struct Decided {
 /// Resolves up to `limit` pending events in one transaction on `client` (what the resolver does
 /// when no other batch is in flight).
 pub async fn resolve_batch(
-    client: &mut deadpool_postgres::Object,
+    client: &deadpool_postgres::Object,
     rules: &IdentityRules,
     limit: i64,
 ) -> Result<BatchOutcome, DbError> {
-    match prepare(client, 0, rules, limit, None).await {
-        Ok(Some(decided)) => match finish(client, &decided).await {
-            Ok(()) => Ok(decided.outcome),
-            Err(err) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                Err(err)
-            }
-        },
-        Ok(None) => Ok(BatchOutcome::default()),
-        Err(err) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(err)
+    let resolved = async {
+        match prepare(client, 0, rules, limit, None).await? {
+            Some(decided) => finish(client, &decided).await.map(|()| decided.outcome),
+            None => Ok(BatchOutcome::default()),
         }
     }
+    .await;
+    if resolved.is_err() {
+        // (best effort: a broken connection has no transaction left to end)
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    resolved
 }
 
 /// Opens a transaction on `client` and reads, looks up and decides the next batch in it; `None`

@@ -8,6 +8,19 @@ fn pair(kind: &str, value: &str) -> (String, String) {
     (kind.to_string(), value.to_string())
 }
 
+/// How many profiles are live (not merged away).
+async fn live_profiles(app: &TestApp) -> i64 {
+    app.db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn send(app: &TestApp, key: &str, batch: Vec<Value>) {
     let response = app
         .post_tracking("/v1/batch", key, &json!({"batch": batch}))
@@ -152,16 +165,7 @@ async fn placeholder_ids_on_many_people_fuse_nobody() {
         .collect();
     send(&app, &web, batch).await;
     app.settle().await;
-    let db = app.db().await;
-    let live: i64 = db
-        .query_one(
-            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(live, 5);
+    assert_eq!(live_profiles(&app).await, 5);
     problem(
         app.admin(
             reqwest::Method::GET,
@@ -263,17 +267,7 @@ async fn sixteen_concurrent_requests_for_one_new_person_make_one_profile() {
     let profile = app.lookup("email", "new@example.com").await;
     assert_eq!(profile["event_count"], 16);
     assert_eq!(identities(&profile).len(), 18);
-    let live: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(live, 1);
+    assert_eq!(live_profiles(&app).await, 1);
 }
 
 #[tokio::test]
@@ -488,15 +482,5 @@ async fn a_burst_resolved_one_event_a_batch_ends_as_if_resolved_at_once() {
     let carol = app.lookup("user_id", "carol").await;
     assert_ne!(bob["id"], carol["id"], "a shared computer fuses nobody");
     assert_eq!(carol["event_count"], 2);
-    let live: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(live, 3);
+    assert_eq!(live_profiles(&app).await, 3);
 }

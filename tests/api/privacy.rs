@@ -495,8 +495,8 @@ async fn resolve_pending(app: &TestApp) {
     );
     let db = kizuna::db::Db::connect(&settings.database, &url).unwrap();
     let rules = kizuna::identity::IdentityRules::from_settings(&settings.identity);
-    let mut client = db.conn().await.unwrap();
-    kizuna::identity::resolver::resolve_batch(&mut client, &rules, 10_000)
+    let client = db.conn().await.unwrap();
+    kizuna::identity::resolver::resolve_batch(&client, &rules, 10_000)
         .await
         .unwrap();
 }
