@@ -105,6 +105,25 @@ impl Resolver {
         }
     }
 
+    /// Waits until ingest wakes the resolver, the idle interval passes or shutdown begins.
+    async fn nap(&self, shutdown: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(self.idle) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// `prepare` on `clients[index]`.
+    async fn prepare_on(
+        &self,
+        clients: &[deadpool_postgres::Object; 2],
+        index: usize,
+        prior: Option<&Decided>,
+    ) -> Result<Option<Decided>, DbError> {
+        prepare(&clients[index], index, &self.rules, self.batch_size, prior).await
+    }
+
     async fn pipeline(
         &self,
         clients: &[deadpool_postgres::Object; 2],
@@ -118,14 +137,10 @@ impl Resolver {
             }
             let current = match next.take() {
                 Some(decided) => decided,
-                None => match prepare(&clients[0], 0, &self.rules, self.batch_size, None).await? {
+                None => match self.prepare_on(clients, 0, None).await? {
                     Some(decided) => decided,
                     None => {
-                        tokio::select! {
-                            _ = self.wake.notified() => {}
-                            _ = tokio::time::sleep(self.idle) => {}
-                            _ = shutdown.changed() => {}
-                        }
+                        self.nap(shutdown).await;
                         continue;
                     }
                 },
@@ -144,20 +159,12 @@ impl Resolver {
                 finish(&clients[current.client], &current).await?;
                 next = match stopping {
                     true => None,
-                    false => {
-                        prepare(&clients[other], other, &self.rules, self.batch_size, None).await?
-                    }
+                    false => self.prepare_on(clients, other, None).await?,
                 };
             } else {
                 let (written, prepared) = tokio::join!(
                     finish(&clients[current.client], &current),
-                    prepare(
-                        &clients[other],
-                        other,
-                        &self.rules,
-                        self.batch_size,
-                        Some(&current),
-                    )
+                    self.prepare_on(clients, other, Some(&current))
                 );
                 written?;
                 next = prepared?;
@@ -168,11 +175,7 @@ impl Resolver {
                 .events_suppressed
                 .inc_by(outcome.suppressed as u64);
             if next.is_none() && (outcome.events as i64) < self.batch_size {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.idle) => {}
-                    _ = shutdown.changed() => {}
-                }
+                self.nap(shutdown).await;
             }
         }
     }
@@ -447,8 +450,10 @@ async fn prepare(
             wanted.extend(rules.extract(&event.ids(kind)));
         }
     }
+    // What `prior` knows it answers itself; the database is asked for the rest.
     let (kinds, values): (Vec<&str>, Vec<&str>) = wanted
         .iter()
+        .filter(|id| overlay.is_none_or(|prior| prior.owner(id).is_none()))
         .map(|id| (id.kind.as_str(), id.value.as_str()))
         .unzip();
     let mut stored: HashMap<Identifier, Uuid> = HashMap::new();
@@ -467,20 +472,20 @@ async fn prepare(
             batch.owners.insert(id, owner);
         }
     }
-    let mut ids: Vec<Uuid> = Vec::new();
-    for p in batch.owners.values() {
-        match overlay.and_then(|prior| prior.profiles.get(p)) {
-            Some(live) => {
-                // Written by `prior` before this batch writes: an update now, not an insert.
-                let mut live = live.clone();
-                live.is_new = false;
-                batch.profiles.insert(*p, live);
-            }
-            None => ids.push(*p),
-        }
-    }
+    let mut ids: Vec<Uuid> = batch.owners.values().copied().collect();
     ids.sort_unstable();
     ids.dedup();
+    // Profiles `prior` holds are taken as it left them; the database is read for the rest.
+    ids.retain(|p| match overlay.and_then(|prior| prior.profiles.get(p)) {
+        Some(live) => {
+            // Written by `prior` before this batch writes: an update now, not an insert.
+            let mut live = live.clone();
+            live.is_new = false;
+            batch.profiles.insert(*p, live);
+            false
+        }
+        None => true,
+    });
     // Both in flight at once on the one connection (tokio-postgres pipelines them).
     let (loaded, counts) = futures::try_join!(
         store::profiles(client, &ids),
