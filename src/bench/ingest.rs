@@ -42,6 +42,10 @@ pub struct IngestBench {
     /// Measure ingest alone, with identity resolution off.
     #[arg(long)]
     pub no_identity: bool,
+    /// Resolve nothing during the load; afterwards time the resolver alone on the whole backlog
+    /// (its throughput with no ingest competing for the cores).
+    #[arg(long, conflicts_with = "no_identity")]
+    pub resolve_after: bool,
     /// Offer this many messages a second instead of sending as fast as the server answers (to
     /// measure freshness at a sustained load); the COPY baseline is unchanged.
     #[arg(long)]
@@ -54,7 +58,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         "--batch and --connections must be positive"
     );
     let mut bench = BenchDatabase::create(&args.server, "ingest", settings).await?;
-    bench.settings.identity.enabled = !args.no_identity;
+    bench.settings.identity.enabled = !args.no_identity && !args.resolve_after;
     bench.settings.query.schedule_every_secs = 0;
     let admin_token = bench.settings.auth.admin_token.clone();
 
@@ -94,7 +98,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
 
     eprintln!("ingest: {} connections…", args.connections);
     let done = Arc::new(AtomicBool::new(false));
-    let probe = (!args.no_identity).then(|| {
+    let probe = bench.settings.identity.enabled.then(|| {
         tokio::spawn(freshness_probe(
             base.clone(),
             write_key.clone(),
@@ -177,6 +181,10 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let caught_up_secs = started.elapsed().as_secs_f64();
+    let resolved_alone = match args.resolve_after {
+        true => Some(resolve_backlog(&state).await?),
+        false => None,
+    };
     let profiles = count("SELECT count(*) FROM profiles WHERE merged_into IS NULL").await?;
 
     eprintln!("COPY baseline: the same rows into events_copy…");
@@ -217,9 +225,14 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         latencies.value_at_quantile(0.99) as f64 / 1e3,
         latencies.max() as f64 / 1e3
     );
-    match &freshness {
-        None => println!("  identity resolution off (--no-identity)"),
-        Some(freshness) => {
+    match (&freshness, resolved_alone) {
+        (None, Some(secs)) => println!(
+            "  identity resolution alone, after the load: {} events in {secs:.2} s ({:.0} events/s; {profiles} live profiles)",
+            args.messages,
+            args.messages as f64 / secs
+        ),
+        (None, None) => println!("  identity resolution off (--no-identity)"),
+        (Some(freshness), _) => {
             println!(
                 "  identity resolution caught up {:.1} s after the last acknowledgement ({profiles} live profiles; {:.0} events/s overall)",
                 caught_up_secs - ingest_secs,
@@ -243,6 +256,39 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     handle.stop(true).await;
     server.await??;
     bench.finish(args.keep).await
+}
+
+/// Runs a resolver over the stored backlog until nothing is pending; the seconds it took.
+async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<f64> {
+    let resolver = crate::identity::resolver::Resolver {
+        db: state.db.clone(),
+        rules: state.rules.clone(),
+        batch_size: state.settings.identity.batch_size,
+        idle: std::time::Duration::from_millis(state.settings.identity.poll_interval_ms),
+        wake: state.resolver_wake.clone(),
+        metrics: state.metrics.clone(),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let running = tokio::spawn(resolver.run(stopped));
+    let conn = state.db.conn().await?;
+    loop {
+        let pending: i64 = conn
+            .query_one(
+                "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.send(true)?;
+    running.await?;
+    Ok(secs)
 }
 
 /// Every 100 ms during the load, whatever earlier probes are waiting for (open loop, so a
