@@ -116,14 +116,7 @@ impl Application {
             settings,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let resolver = Resolver {
-            db: state.db.clone(),
-            rules: state.rules.clone(),
-            batch_size: state.settings.identity.batch_size,
-            idle: Duration::from_millis(state.settings.identity.poll_interval_ms),
-            wake: state.resolver_wake.clone(),
-            metrics: state.metrics.clone(),
-        };
+        let resolver = Resolver::for_state(&state);
         crate::segments::declare_configured(&state.query, &state.settings.query.computed_traits)
             .await
             .context("declaring the computed traits of the configuration")?;

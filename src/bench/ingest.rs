@@ -260,14 +260,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
 
 /// Runs a resolver over the stored backlog until nothing is pending; the seconds it took.
 async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<f64> {
-    let resolver = crate::identity::resolver::Resolver {
-        db: state.db.clone(),
-        rules: state.rules.clone(),
-        batch_size: state.settings.identity.batch_size,
-        idle: std::time::Duration::from_millis(state.settings.identity.poll_interval_ms),
-        wake: state.resolver_wake.clone(),
-        metrics: state.metrics.clone(),
-    };
+    let resolver = crate::identity::resolver::Resolver::for_state(state);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let running = tokio::spawn(resolver.run(stopped));

@@ -46,6 +46,18 @@ pub struct BatchOutcome {
 }
 
 impl Resolver {
+    /// The resolver of a running server, as its configuration sets it up.
+    pub fn for_state(state: &crate::startup::AppState) -> Self {
+        Resolver {
+            db: state.db.clone(),
+            rules: state.rules.clone(),
+            batch_size: state.settings.identity.batch_size,
+            idle: Duration::from_millis(state.settings.identity.poll_interval_ms),
+            wake: state.resolver_wake.clone(),
+            metrics: state.metrics.clone(),
+        }
+    }
+
     /// Runs until `shutdown` turns true; the batch in progress is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
