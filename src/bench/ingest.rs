@@ -175,9 +175,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         "stored {stored} of {} messages",
         args.messages
     );
-    while freshness.is_some()
-        && count("SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL").await? > 0
-    {
+    while freshness.is_some() && count(PENDING).await? > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let caught_up_secs = started.elapsed().as_secs_f64();
@@ -258,6 +256,9 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     bench.finish(args.keep).await
 }
 
+/// How many stored events wait for resolution.
+const PENDING: &str = "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL";
+
 /// Runs a resolver over the stored backlog until nothing is pending; the seconds it took.
 async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<f64> {
     let resolver = crate::identity::resolver::Resolver::for_state(state);
@@ -266,13 +267,7 @@ async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<f64
     let running = tokio::spawn(resolver.run(stopped));
     let conn = state.db.conn().await?;
     loop {
-        let pending: i64 = conn
-            .query_one(
-                "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL",
-                &[],
-            )
-            .await?
-            .get(0);
+        let pending: i64 = conn.query_one(PENDING, &[]).await?.get(0);
         if pending == 0 {
             break;
         }

@@ -21,6 +21,15 @@ async fn live_profiles(app: &TestApp) -> i64 {
         .get(0)
 }
 
+/// The items of a profile's merge lineage (`GET /v1/profiles/{id}/merges`).
+async fn merges(app: &TestApp, profile: &Value) -> Vec<Value> {
+    let path = format!("/v1/profiles/{}/merges", profile["id"].as_str().unwrap());
+    app.get_json(&path).await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 async fn send(app: &TestApp, key: &str, batch: Vec<Value>) {
     let response = app
         .post_tracking("/v1/batch", key, &json!({"batch": batch}))
@@ -222,13 +231,7 @@ async fn an_alias_joins_and_a_late_link_merge_explains_itself() {
     let survivor = app.lookup("user_id", "ada").await;
     assert_eq!(survivor["id"], visitor["id"], "the oldest profile survives");
     assert_eq!(survivor["event_count"], 5);
-    let merges = app
-        .get_json(&format!(
-            "/v1/profiles/{}/merges",
-            survivor["id"].as_str().unwrap()
-        ))
-        .await;
-    let items = merges["items"].as_array().unwrap();
+    let items = merges(&app, &survivor).await;
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["profile_id"], ada["id"]);
     assert_eq!(
@@ -468,13 +471,7 @@ async fn a_burst_resolved_one_event_a_batch_ends_as_if_resolved_at_once() {
             pair("user_id", "ada"),
         ]
     );
-    let merges = app
-        .get_json(&format!(
-            "/v1/profiles/{}/merges",
-            ada["id"].as_str().unwrap()
-        ))
-        .await;
-    let items = merges["items"].as_array().unwrap();
+    let items = merges(&app, &ada).await;
     assert_eq!(items.len(), 1, "the phone's profile merged in once");
     assert_eq!(items[0]["message_id"], "phone-login");
 
