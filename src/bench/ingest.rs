@@ -17,7 +17,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-use super::BenchDatabase;
+use super::{BenchDatabase, CpuMeter};
 use crate::config::Settings;
 use crate::ingest::message::{parse_batch, Limits, Message};
 use crate::startup::Application;
@@ -114,6 +114,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let cpu = CpuMeter::start();
     let mut workers = Vec::new();
     for _ in 0..args.connections {
         let (bodies, next, base, key) = (
@@ -158,6 +159,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     }
     let ingest_secs = started.elapsed().as_secs_f64();
     let ingest_rate = args.messages as f64 / ingest_secs;
+    let ingest_cpu = cpu.used();
     done.store(true, Ordering::Relaxed);
     let freshness = match probe {
         Some(probe) => Some(probe.await??),
@@ -179,8 +181,14 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let caught_up_secs = started.elapsed().as_secs_f64();
+    // Ingest and resolution together, from the first request until nothing is pending.
+    let caught_up_cpu = cpu.used();
     let resolved_alone = match args.resolve_after {
-        true => Some(resolve_backlog(&state).await?),
+        true => {
+            let cpu = CpuMeter::start();
+            let secs = resolve_backlog(&state).await?;
+            Some((secs, cpu.used()))
+        }
         false => None,
     };
     let profiles = count("SELECT count(*) FROM profiles WHERE merged_into IS NULL").await?;
@@ -192,6 +200,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         .batch_execute("CREATE TABLE events_copy (LIKE events INCLUDING ALL)")
         .await?;
     let started = Instant::now();
+    let cpu = CpuMeter::start();
     let chunk = rows.len().div_ceil(args.connections);
     let mut copies = Vec::new();
     for part in 0..args.connections {
@@ -206,6 +215,7 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     }
     let copy_secs = started.elapsed().as_secs_f64();
     let copy_rate = args.messages as f64 / copy_secs;
+    let copy_cpu = cpu.used();
 
     println!(
         "kizuna bench ingest: {} messages, batches of {}, {} connections{}",
@@ -223,12 +233,23 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         latencies.value_at_quantile(0.99) as f64 / 1e3,
         latencies.max() as f64 / 1e3
     );
+    let n = args.messages;
+    println!("          CPU {}", ingest_cpu.describe(n));
+    // With resolution keeping up, every event costs the machine its ingest and its resolution:
+    // the cores sustain at most this many events a second, whatever the scheduling.
+    let sustainable = |micros: f64| super::cores() as f64 * 1e6 / micros;
+    let mut bound = None;
     match (&freshness, resolved_alone) {
-        (None, Some(secs)) => println!(
-            "  identity resolution alone, after the load: {} events in {secs:.2} s ({:.0} events/s; {profiles} live profiles)",
-            args.messages,
-            args.messages as f64 / secs
-        ),
+        (None, Some((secs, resolve_cpu))) => {
+            println!(
+                "  identity resolution alone, after the load: {n} events in {secs:.2} s ({:.0} events/s; {profiles} live profiles)",
+                n as f64 / secs
+            );
+            println!("          CPU {}", resolve_cpu.describe(n));
+            bound = Some(sustainable(
+                ingest_cpu.micros_each(n) + resolve_cpu.micros_each(n),
+            ));
+        }
         (None, None) => println!("  identity resolution off (--no-identity)"),
         (Some(freshness), _) => {
             println!(
@@ -243,13 +264,26 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
                 freshness.value_at_quantile(0.99) as f64 / 1e3,
                 freshness.max() as f64 / 1e3
             );
+            println!(
+                "          CPU from the first request until caught up: {}",
+                caught_up_cpu.describe(n)
+            );
+            bound = Some(sustainable(caught_up_cpu.micros_each(n)));
         }
     }
     println!("  COPY    {copy_rate:>10.0} rows/s    ({copy_secs:.1} s)");
+    println!("          CPU {}", copy_cpu.describe(n));
     println!(
         "  ratio ingest/COPY = {:.2} (target >= 0.35 alone, >= 0.30 with identity resolution)",
         ingest_rate / copy_rate
     );
+    if let Some(bound) = bound {
+        println!(
+            "  at these CPU costs the {} cores ingest and resolve at most {bound:.0} events/s with resolution keeping up: ratio {:.2} of COPY",
+            super::cores(),
+            bound / copy_rate
+        );
+    }
 
     handle.stop(true).await;
     server.await??;

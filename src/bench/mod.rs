@@ -75,3 +75,87 @@ impl BenchDatabase {
         Ok(())
     }
 }
+
+/// The whole machine's CPU time (every process: load generator, server, PostgreSQL), read from
+/// `/proc/stat` at the start of a phase; `used` gives what the phase cost. On a machine whose
+/// processes all serve the benchmark, busy core-seconds per event is the cost of an event
+/// whatever the scheduling, so phases measured apart can be added up.
+pub struct CpuMeter {
+    busy: f64,
+    steal: f64,
+    at: std::time::Instant,
+}
+
+/// What a phase cost the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUsed {
+    /// Busy core-seconds (user, nice, system, irq, softirq).
+    pub busy_secs: f64,
+    /// Core-seconds the hypervisor gave to other machines.
+    pub steal_secs: f64,
+    pub wall_secs: f64,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        let (busy, steal) = machine_cpu();
+        CpuMeter {
+            busy,
+            steal,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    pub fn used(&self) -> CpuUsed {
+        let (busy, steal) = machine_cpu();
+        CpuUsed {
+            busy_secs: busy - self.busy,
+            steal_secs: steal - self.steal,
+            wall_secs: self.at.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+impl CpuUsed {
+    /// Busy core-microseconds a unit of work (`units` events or rows).
+    pub fn micros_each(&self, units: usize) -> f64 {
+        self.busy_secs * 1e6 / units.max(1) as f64
+    }
+
+    /// "N core-µs each (B of C cores busy, S % steal)".
+    pub fn describe(&self, units: usize) -> String {
+        let wall = self.wall_secs.max(1e-9);
+        format!(
+            "{:.0} core-µs each ({:.2} of {} cores busy, {:.0} % steal)",
+            self.micros_each(units),
+            self.busy_secs / wall,
+            cores(),
+            100.0 * self.steal_secs / (wall * cores() as f64)
+        )
+    }
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// (busy, steal) core-seconds since boot, from the first line of `/proc/stat` (zeros where
+/// there is none).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal …, in clock ticks
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    ((at(0) + at(1) + at(2) + at(5) + at(6)) / hz, at(7) / hz)
+}
