@@ -14,6 +14,8 @@ pub struct Metrics {
     pub events_deduplicated: IntCounter,
     pub events_rejected: IntCounter,
     pub profile_merges: IntCounter,
+    pub events_resolved: IntCounter,
+    pub resolution_lag: Histogram,
     pub segment_evaluation: Histogram,
     pub requests_rate_limited: IntCounter,
     pub events_suppressed: IntCounter,
@@ -57,6 +59,20 @@ impl Metrics {
                 "kizuna_profile_merges_total",
                 "Profiles merged into another",
             ),
+            events_resolved: counter(
+                "kizuna_identity_events_resolved_total",
+                "Messages the identity resolver has attributed to a profile (or to none, when every identifier was blocked)",
+            ),
+            resolution_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kizuna_identity_resolution_lag_seconds",
+                    "Freshness: from a message's receipt to the commit that makes its profile reflect it",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ]),
+            )
+            .expect("valid metric"),
             segment_evaluation: Histogram::with_opts(
                 HistogramOpts::new(
                     "kizuna_segment_evaluation_seconds",
@@ -89,6 +105,8 @@ impl Metrics {
             Box::new(metrics.events_deduplicated.clone()),
             Box::new(metrics.events_rejected.clone()),
             Box::new(metrics.profile_merges.clone()),
+            Box::new(metrics.events_resolved.clone()),
+            Box::new(metrics.resolution_lag.clone()),
             Box::new(metrics.segment_evaluation.clone()),
             Box::new(metrics.requests_rate_limited.clone()),
             Box::new(metrics.events_suppressed.clone()),

@@ -167,20 +167,29 @@ impl Resolver {
                 ingested.saturating_sub(last_ingested) > current.outcome.events as u64;
             last_ingested = ingested;
             let stopping = *shutdown.borrow();
-            if ingest_busy || stopping {
-                finish(&clients[current.client], &current).await?;
+            let committed = if ingest_busy || stopping {
+                let committed = finish(&clients[current.client], &current).await?;
                 next = match stopping {
                     true => None,
                     false => self.prepare_on(clients, other, None).await?,
                 };
+                committed
             } else {
                 let (written, prepared) = tokio::join!(
                     finish(&clients[current.client], &current),
                     self.prepare_on(clients, other, Some(&current))
                 );
-                written?;
                 next = prepared?;
+                written?
+            };
+            // Freshness as users see it: from receipt to the commit that shows the profile.
+            for received in &current.received {
+                let lag = (committed - *received).num_microseconds().unwrap_or(0);
+                self.metrics.resolution_lag.observe(lag.max(0) as f64 / 1e6);
             }
+            self.metrics
+                .events_resolved
+                .inc_by(current.received.len() as u64);
             let outcome = current.outcome;
             self.metrics.profile_merges.inc_by(outcome.merges as u64);
             self.metrics
@@ -358,6 +367,8 @@ struct Decided {
     /// Every event the batch took (resolved or deleted as suppressed): the next batch, read
     /// while this one is uncommitted, must not take them again.
     taken: Vec<i64>,
+    /// When each event the batch resolves (not those deleted as suppressed) was received.
+    received: Vec<DateTime<Utc>>,
     batch: Batch,
     outcome: BatchOutcome,
 }
@@ -371,7 +382,7 @@ pub async fn resolve_batch(
 ) -> Result<BatchOutcome, DbError> {
     let resolved = async {
         match prepare(client, 0, rules, limit, None).await? {
-            Some(decided) => finish(client, &decided).await.map(|()| decided.outcome),
+            Some(decided) => finish(client, &decided).await.map(|_| decided.outcome),
             None => Ok(BatchOutcome::default()),
         }
     }
@@ -536,6 +547,7 @@ async fn prepare(
         decide_ms = (started.elapsed() - looked_up).as_secs_f64() * 1e3,
         "decided a batch"
     );
+    let received = events.iter().map(|e| e.received_at).collect();
     let outcome = BatchOutcome {
         events: taken.len(),
         merges: batch.merges.len(),
@@ -545,24 +557,29 @@ async fn prepare(
         client: index,
         txid,
         taken,
+        received,
         batch,
         outcome,
     }))
 }
 
-/// Writes a decided batch and commits it.
-async fn finish(client: &deadpool_postgres::Object, decided: &Decided) -> Result<(), DbError> {
+/// Writes a decided batch and commits it; when the commit came back.
+async fn finish(
+    client: &deadpool_postgres::Object,
+    decided: &Decided,
+) -> Result<DateTime<Utc>, DbError> {
     let started = std::time::Instant::now();
     write(client, &decided.batch).await?;
     let written = started.elapsed();
     client.batch_execute("COMMIT").await?;
+    let committed = Utc::now();
     tracing::debug!(
         events = decided.outcome.events,
         write_ms = written.as_secs_f64() * 1e3,
         commit_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
         "resolved a batch"
     );
-    Ok(())
+    Ok(committed)
 }
 
 fn as_map(value: Value) -> Map<String, Value> {

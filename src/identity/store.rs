@@ -16,6 +16,8 @@ pub struct PendingEvent {
     pub anonymous_id: Option<String>,
     pub previous_id: Option<String>,
     pub ts: DateTime<Utc>,
+    /// When ingest received it (the clock of the instance that did).
+    pub received_at: DateTime<Utc>,
     pub traits: Option<Value>,
     pub context_traits: Option<Value>,
     pub external_ids: Option<Value>,
@@ -46,7 +48,8 @@ pub async fn pending_events(
     let rows = tx
         .query(
             &tx.prepare_cached("SELECT e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
-                    CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds'
+                    CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds',
+                    e.received_at
              FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL AND seq <> ALL($2)
                    ORDER BY seq LIMIT $1) AS p
              JOIN events e ON e.seq = p.seq
@@ -67,6 +70,7 @@ pub async fn pending_events(
             traits: crate::db::lenient_json(r, 7),
             context_traits: crate::db::lenient_json(r, 8),
             external_ids: crate::db::lenient_json(r, 9),
+            received_at: r.get(10),
         })
         .collect())
 }

@@ -268,6 +268,24 @@ impl TestApp {
         panic!("identity resolution did not catch up within 5 s");
     }
 
+    /// The value of an unlabelled metric (or a histogram's `_count` / `_sum`) on `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} is exported"))
+            .parse()
+            .unwrap()
+    }
+
     /// GET with the admin token, expecting 200, returning the JSON body.
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.admin(reqwest::Method::GET, path).send().await.unwrap();

@@ -481,3 +481,36 @@ async fn a_burst_resolved_one_event_a_batch_ends_as_if_resolved_at_once() {
     assert_eq!(carol["event_count"], 2);
     assert_eq!(live_profiles(&app).await, 3);
 }
+
+#[tokio::test]
+async fn metrics_show_how_long_each_message_waited_for_its_profile() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web shop", "web").await;
+    let started = std::time::Instant::now();
+    send(&app, &web, vec![
+        json!({"type": "page", "anonymousId": "browser-9", "name": "Home"}),
+        json!({"type": "identify", "anonymousId": "browser-9", "userId": "grace", "traits": {"plan": "pro"}}),
+        // Every identifier blocked: resolved to no profile, and counted all the same.
+        json!({"type": "track", "anonymousId": "undefined", "event": "Ping"}),
+    ]).await;
+    app.settle().await;
+    // The resolver records a batch just after it commits; `settle` may see the commit first.
+    let mut resolved = 0.0;
+    for _ in 0..100 {
+        resolved = app.metric("kizuna_identity_events_resolved_total").await;
+        if resolved >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(resolved, 3.0);
+    let lag = "kizuna_identity_resolution_lag_seconds";
+    assert_eq!(app.metric(&format!("{lag}_count")).await, 3.0);
+    let waited = app.metric(&format!("{lag}_sum")).await;
+    assert!(
+        waited > 0.0 && waited <= 3.0 * started.elapsed().as_secs_f64(),
+        "three messages waited {waited} s in all, within the test's {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.lookup("user_id", "grace").await["event_count"], 2);
+}

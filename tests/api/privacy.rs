@@ -106,21 +106,6 @@ async fn tables_naming(app: &TestApp, needle: &str) -> Vec<(String, i64)> {
     naming
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn status(app: &TestApp, path: &str) -> u16 {
     app.admin(Method::GET, path)
         .send()
@@ -366,7 +351,7 @@ async fn later_messages_with_an_erased_identifier_are_dropped_and_counted_until_
         stored + 1,
         "only Carol's message is stored"
     );
-    assert_eq!(metric(&app, "kizuna_events_suppressed_total").await, 4.0);
+    assert_eq!(app.metric("kizuna_events_suppressed_total").await, 4.0);
     app.settle().await;
     assert_eq!(
         status(&app, "/v1/profiles/lookup?user_id=ada-42").await,
@@ -399,7 +384,7 @@ async fn later_messages_with_an_erased_identifier_are_dropped_and_counted_until_
     )
     .await;
     assert_eq!(app.count_events().await, stored + 2);
-    assert_eq!(metric(&app, "kizuna_events_suppressed_total").await, 5.0);
+    assert_eq!(app.metric("kizuna_events_suppressed_total").await, 5.0);
     app.settle().await;
     assert_eq!(
         app.lookup("email", EMAIL).await["identities"]

@@ -17,23 +17,6 @@ fn retry_after(response: &reqwest::Response) -> u64 {
         .unwrap()
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} is exported"))
-        .parse()
-        .unwrap()
-}
-
 async fn post_raw(app: &TestApp, path: &str, key: &str, body: Vec<u8>) -> reqwest::Response {
     app.client
         .post(app.url(path))
@@ -82,10 +65,7 @@ async fn a_source_over_its_rate_limit_is_told_when_to_retry() {
         200,
         "another source has a bucket of its own"
     );
-    assert_eq!(
-        metric(&app, "kizuna_requests_rate_limited_total").await,
-        1.0
-    );
+    assert_eq!(app.metric("kizuna_requests_rate_limited_total").await, 1.0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         app.post_tracking("/v1/track", &key, &body).await.status(),
@@ -133,7 +113,7 @@ async fn a_request_slower_than_the_time_limit_is_answered_503() {
         answer.contains("content-type: application/problem+json"),
         "{answer}"
     );
-    assert_eq!(metric(&app, "kizuna_requests_timed_out_total").await, 1.0);
+    assert_eq!(app.metric("kizuna_requests_timed_out_total").await, 1.0);
 }
 
 fn base64_basic(key: &str) -> String {
