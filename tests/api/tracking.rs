@@ -321,19 +321,7 @@ async fn a_retried_batch_is_acknowledged_and_stored_once() {
         );
     }
     assert_eq!(app.count_events().await, 2);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("kizuna_events_deduplicated_total 4"),
-        "{metrics}"
-    );
+    assert_eq!(app.metric("kizuna_events_deduplicated_total").await, 4.0);
 
     // The same messageId from another source is another message.
     let (_, other) = app.create_source("App", "mobile").await;
