@@ -177,18 +177,14 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
         "stored {stored} of {} messages",
         args.messages
     );
-    while freshness.is_some() && count(PENDING).await? > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    if freshness.is_some() {
+        wait_resolved(&db, std::time::Duration::from_millis(100)).await?;
     }
     let caught_up_secs = started.elapsed().as_secs_f64();
     // Ingest and resolution together, from the first request until nothing is pending.
     let caught_up_cpu = cpu.used();
     let resolved_alone = match args.resolve_after {
-        true => {
-            let cpu = CpuMeter::start();
-            let secs = resolve_backlog(&state).await?;
-            Some((secs, cpu.used()))
-        }
+        true => Some(resolve_backlog(&state).await?),
         false => None,
     };
     let profiles = count("SELECT count(*) FROM profiles WHERE merged_into IS NULL").await?;
@@ -240,7 +236,8 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     let sustainable = |micros: f64| super::cores() as f64 * 1e6 / micros;
     let mut bound = None;
     match (&freshness, resolved_alone) {
-        (None, Some((secs, resolve_cpu))) => {
+        (None, Some(resolve_cpu)) => {
+            let secs = resolve_cpu.wall_secs;
             println!(
                 "  identity resolution alone, after the load: {n} events in {secs:.2} s ({:.0} events/s; {profiles} live profiles)",
                 n as f64 / secs
@@ -290,27 +287,27 @@ pub async fn run(args: IngestBench, settings: Settings) -> anyhow::Result<()> {
     bench.finish(args.keep).await
 }
 
-/// How many stored events wait for resolution.
-const PENDING: &str = "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL";
+/// Returns once no stored event waits for resolution, asking every `every`.
+async fn wait_resolved(db: &crate::db::Db, every: std::time::Duration) -> anyhow::Result<()> {
+    let conn = db.conn().await?;
+    let pending = "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL";
+    while conn.query_one(pending, &[]).await?.get::<_, i64>(0) > 0 {
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
+}
 
-/// Runs a resolver over the stored backlog until nothing is pending; the seconds it took.
-async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<f64> {
+/// Runs a resolver over the stored backlog until nothing is pending; the time and CPU it took.
+async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<super::CpuUsed> {
     let resolver = crate::identity::resolver::Resolver::for_state(state);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let started = Instant::now();
+    let cpu = CpuMeter::start();
     let running = tokio::spawn(resolver.run(stopped));
-    let conn = state.db.conn().await?;
-    loop {
-        let pending: i64 = conn.query_one(PENDING, &[]).await?.get(0);
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    wait_resolved(&state.db, std::time::Duration::from_millis(20)).await?;
+    let used = cpu.used();
     stop.send(true)?;
     running.await?;
-    Ok(secs)
+    Ok(used)
 }
 
 /// Every 100 ms during the load, whatever earlier probes are waiting for (open loop, so a
