@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;
@@ -149,6 +149,7 @@ impl Db {
         let acquire = Duration::from_secs(settings.acquire_timeout_secs);
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(acquire))
             .create_timeout(Some(Duration::from_secs(settings.connect_timeout_secs)))
