@@ -32,12 +32,10 @@ pub struct Profile {
 const PROFILE_COLUMNS: &str = r#"
 SELECT p.id, p.traits, p.first_seen, p.last_seen, p.event_count,
        coalesce((SELECT jsonb_agg(jsonb_build_object('kind', i.kind, 'value', i.value, 'source', i.source_id,
-                                                    'first_seen', to_char(i.first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-                                  ORDER BY i.first_seen, i.kind, i.value)
+                                                    'first_seen', to_char(i.first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
                  FROM identities i WHERE i.profile_id = p.id), '[]'::jsonb),
-       coalesce((SELECT array_agg(m.id ORDER BY m.id) FROM profiles m WHERE m.merged_into = p.id), '{}'),
-       coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'entered_at', to_char(sm.entered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-                                  ORDER BY sm.entered_at, s.id)
+       coalesce((SELECT array_agg(m.id) FROM profiles m WHERE m.merged_into = p.id), '{}'),
+       coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'entered_at', to_char(sm.entered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
                  FROM segment_members sm JOIN segments s ON s.id = sm.segment_id WHERE sm.profile_id = p.id), '[]'::jsonb),
        coalesce((SELECT c.computed FROM profile_computed c WHERE c.profile_id = p.id), '{}'::jsonb)
 FROM profiles p"#;
@@ -51,16 +49,37 @@ static BY_IDENTIFIER: LazyLock<String> = LazyLock::new(|| {
 });
 
 fn profile(row: &tokio_postgres::Row) -> Profile {
+    let mut identities: Value = row.get(5);
+    let mut merged_from: Vec<Uuid> = row.get(6);
+    let mut segments: Value = row.get(7);
+    sort_objects_by(&mut identities, &["first_seen", "kind", "value"]);
+    merged_from.sort_unstable();
+    sort_objects_by(&mut segments, &["entered_at", "id"]);
     Profile {
         id: row.get(0),
         traits: row.get(1),
         first_seen: row.get(2),
         last_seen: row.get(3),
         event_count: row.get(4),
-        identities: row.get(5),
-        merged_from: row.get(6),
+        identities,
+        merged_from,
         computed: row.get(8),
-        segments: row.get(7),
+        segments,
+    }
+}
+
+/// Orders a JSON array of objects by the string fields `keys`. The aggregates leave their order
+/// to this: an `ORDER BY` inside them costs a sort per sub-select on every lookup, while the
+/// strings compare as the columns do (timestamps in fixed-width UTC, identifiers and UUIDs in
+/// byte order).
+fn sort_objects_by(array: &mut Value, keys: &[&str]) {
+    if let Value::Array(items) = array {
+        items.sort_by(|a, b| {
+            keys.iter()
+                .map(|k| a[k].as_str().cmp(&b[k].as_str()))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
     }
 }
 
@@ -352,4 +371,31 @@ pub async fn write_computed_chunks(
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::sort_objects_by;
+
+    #[test]
+    fn identities_come_oldest_first_then_by_kind_and_value_in_byte_order() {
+        let mut identities = json!([
+            {"kind": "user_id", "value": "u1", "first_seen": "2026-01-02T00:00:00.000000Z"},
+            {"kind": "email", "value": "b@x.io", "first_seen": "2026-01-01T00:00:00.000001Z"},
+            {"kind": "email", "value": "a@x.io", "first_seen": "2026-01-01T00:00:00.000001Z"},
+            {"kind": "anonymous_id", "value": "a", "first_seen": "2026-01-01T00:00:00.000001Z"},
+            {"kind": "anonymous_id", "value": "Z", "first_seen": "2026-01-01T00:00:00.000001Z"},
+            {"kind": "phone", "value": "+44", "first_seen": "2025-12-31T23:59:59.999999Z"},
+        ]);
+        sort_objects_by(&mut identities, &["first_seen", "kind", "value"]);
+        let order: Vec<&str> = identities
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["value"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["+44", "Z", "a", "a@x.io", "b@x.io", "u1"]);
+    }
 }

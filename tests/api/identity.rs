@@ -63,6 +63,17 @@ async fn anonymous_browsing_then_login_merges_the_history_and_a_second_device_jo
         ]
     );
     assert_eq!(profile["first_seen"], "2024-05-01T10:00:00Z");
+    let listed: Vec<&str> = profile["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        ["anonymous_id", "email", "user_id"],
+        "identities are listed oldest first, then by kind"
+    );
 
     // The phone browses anonymously first (its own profile), then Ada logs in on it.
     send(&app, &mobile, vec![json!({"type": "screen", "anonymousId": "phone-7", "name": "Cart", "timestamp": "2024-05-02T08:00:00Z"})]).await;
