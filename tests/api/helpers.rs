@@ -301,6 +301,15 @@ impl TestApp {
 }
 
 /// The `(kind, value)` pairs of a profile's identities, sorted.
+/// The string at JSON pointer `field` (e.g. `/source/kind`) of each item of `list`, in order.
+pub fn listed<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|item| item.pointer(field).and_then(Value::as_str).expect(field))
+        .collect()
+}
+
 pub fn identities(profile: &Value) -> Vec<(String, String)> {
     let mut ids: Vec<(String, String)> = profile["identities"]
         .as_array()

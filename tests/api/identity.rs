@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{identities, problem, spawn_app, TestApp};
+use crate::helpers::{identities, listed, problem, spawn_app, TestApp};
 
 fn pair(kind: &str, value: &str) -> (String, String) {
     (kind.to_string(), value.to_string())
@@ -63,14 +63,8 @@ async fn anonymous_browsing_then_login_merges_the_history_and_a_second_device_jo
         ]
     );
     assert_eq!(profile["first_seen"], "2024-05-01T10:00:00Z");
-    let listed: Vec<&str> = profile["identities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["kind"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        listed,
+        listed(&profile["identities"], "/kind"),
         ["anonymous_id", "email", "user_id"],
         "identities are listed oldest first, then by kind"
     );
@@ -104,12 +98,7 @@ async fn anonymous_browsing_then_login_merges_the_history_and_a_second_device_jo
             profile["id"].as_str().unwrap()
         ))
         .await;
-    let kinds: Vec<&str> = timeline["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["source"]["kind"].as_str().unwrap())
-        .collect();
+    let kinds = listed(&timeline["items"], "/source/kind");
     assert_eq!(
         kinds,
         ["mobile", "mobile", "web", "web", "web"],
@@ -342,13 +331,7 @@ async fn the_timeline_pages_and_filters_by_source_and_type() {
     let second = app
         .get_json(&format!("/v1/profiles/{id}/events?limit=4&before={cursor}"))
         .await;
-    let names: Vec<&str> = second["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["P1", "P0"]);
+    assert_eq!(listed(&second["items"], "/name"), ["P1", "P0"]);
     assert_eq!(second["next_cursor"], Value::Null);
 
     let support = app
