@@ -300,7 +300,6 @@ impl TestApp {
     }
 }
 
-/// The `(kind, value)` pairs of a profile's identities, sorted.
 /// The string at JSON pointer `field` (e.g. `/source/kind`) of each item of `list`, in order.
 pub fn listed<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
     list.as_array()
@@ -310,6 +309,7 @@ pub fn listed<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The `(kind, value)` pairs of a profile's identities, sorted.
 pub fn identities(profile: &Value) -> Vec<(String, String)> {
     let mut ids: Vec<(String, String)> = profile["identities"]
         .as_array()
