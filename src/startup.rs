@@ -34,6 +34,8 @@ pub struct AppState {
     pub rate_limits: crate::ingest::rate_limit::SourceRateLimits,
     /// The suppression list of erased identifiers, as ingest checks it.
     pub suppressions: Arc<crate::privacy::Suppressions>,
+    /// Profile lookups by identifier, read together when they arrive together.
+    pub lookups: Arc<crate::profiles::lookups::Lookups>,
 }
 
 pub struct Application {
@@ -112,6 +114,7 @@ impl Application {
                 settings.ingest.rate_limit_burst,
             ),
             suppressions: Arc::default(),
+            lookups: Arc::default(),
             db,
             settings,
         });

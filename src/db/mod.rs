@@ -60,6 +60,10 @@ pub enum DbError {
     /// The server answered with an error.
     #[error(transparent)]
     Query(#[from] tokio_postgres::Error),
+    /// An operation shared by several callers (a batch) failed with a server error, told to
+    /// each of them.
+    #[error("database query: {0}")]
+    Shared(String),
 }
 
 impl DbError {
@@ -67,7 +71,19 @@ impl DbError {
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             DbError::Query(e) => e.code(),
-            DbError::Unavailable(_) | DbError::Saturated(_) => None,
+            DbError::Unavailable(_) | DbError::Saturated(_) | DbError::Shared(_) => None,
+        }
+    }
+
+    /// This failure as told to one of several callers that shared the operation (the server's
+    /// error cannot be copied): what the client should do about it stays the same.
+    pub fn for_each_caller(&self) -> DbError {
+        match self {
+            DbError::Unavailable(detail) => DbError::Unavailable(detail.clone()),
+            DbError::Saturated(waiting) => DbError::Saturated(*waiting),
+            DbError::Query(e) if is_connection_error(e) => DbError::Unavailable(e.to_string()),
+            DbError::Query(e) => DbError::Shared(format!("{e:#}")),
+            DbError::Shared(detail) => DbError::Shared(detail.clone()),
         }
     }
 }
@@ -110,6 +126,9 @@ impl From<DbError> for ApiError {
             }
             DbError::Query(e) => {
                 ApiError::Internal(anyhow::Error::new(e).context("database query"))
+            }
+            DbError::Shared(detail) => {
+                ApiError::Internal(anyhow::anyhow!("database query: {detail}"))
             }
         }
     }

@@ -2,5 +2,6 @@
 //! identifier, the cross-channel timeline and merge lineage.
 
 pub mod computed;
+pub mod lookups;
 pub mod store;
 pub mod traits;

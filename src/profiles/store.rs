@@ -29,26 +29,23 @@ pub struct Profile {
     pub merged_from: Vec<Uuid>,
 }
 
-const PROFILE_COLUMNS: &str = r#"
-SELECT p.id, p.traits, p.first_seen, p.last_seen, p.event_count,
+/// The profile read's select list over `profiles p`; `profile` reads it by position.
+pub(super) const PROFILE_FIELDS: &str = r#"
+       p.id, p.traits, p.first_seen, p.last_seen, p.event_count,
        coalesce((SELECT jsonb_agg(jsonb_build_object('kind', i.kind, 'value', i.value, 'source', i.source_id,
                                                     'first_seen', to_char(i.first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
                  FROM identities i WHERE i.profile_id = p.id), '[]'::jsonb),
        coalesce((SELECT array_agg(m.id) FROM profiles m WHERE m.merged_into = p.id), '{}'),
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'entered_at', to_char(sm.entered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
                  FROM segment_members sm JOIN segments s ON s.id = sm.segment_id WHERE sm.profile_id = p.id), '[]'::jsonb),
-       coalesce((SELECT c.computed FROM profile_computed c WHERE c.profile_id = p.id), '{}'::jsonb)
-FROM profiles p"#;
+       coalesce((SELECT c.computed FROM profile_computed c WHERE c.profile_id = p.id), '{}'::jsonb)"#;
 
 /// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
 static BY_ID: LazyLock<String> = LazyLock::new(|| {
-    format!("{PROFILE_COLUMNS} WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)")
-});
-static BY_IDENTIFIER: LazyLock<String> = LazyLock::new(|| {
-    format!("{PROFILE_COLUMNS} WHERE p.id = (SELECT profile_id FROM identities WHERE kind = $1 AND value = $2)")
+    format!("SELECT {PROFILE_FIELDS} FROM profiles p WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)")
 });
 
-fn profile(row: &tokio_postgres::Row) -> Profile {
+pub(super) fn profile(row: &tokio_postgres::Row) -> Profile {
     let mut identities: Value = row.get(5);
     let mut merged_from: Vec<Uuid> = row.get(6);
     let mut segments: Value = row.get(7);
@@ -88,16 +85,6 @@ pub async fn by_id(db: &Db, id: Uuid) -> Result<Option<Profile>, DbError> {
     let statement = client.prepare_cached(&BY_ID).await?;
     Ok(client
         .query_opt(&statement, &[&id])
-        .await?
-        .as_ref()
-        .map(profile))
-}
-
-pub async fn by_identifier(db: &Db, kind: &str, value: &str) -> Result<Option<Profile>, DbError> {
-    let client = db.conn().await?;
-    let statement = client.prepare_cached(&BY_IDENTIFIER).await?;
-    Ok(client
-        .query_opt(&statement, &[&kind, &value])
         .await?
         .as_ref()
         .map(profile))

@@ -508,3 +508,85 @@ async fn metrics_show_how_long_each_message_waited_for_its_profile() {
     );
     assert_eq!(app.lookup("user_id", "grace").await["event_count"], 2);
 }
+
+#[tokio::test]
+async fn lookups_arriving_together_each_get_their_own_person() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    let people: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "identify", "userId": format!("person-{i}"), "traits": {"email": format!("person{i}@example.com"), "name": format!("Person {i}")}}))
+        .collect();
+    send(&app, &web, people).await;
+    app.settle().await;
+
+    // Read together (the server answers lookups that arrive while others are being read in
+    // one statement): each by user id and by email, plus people nobody has seen.
+    let ask = |kind: &'static str, value: String| {
+        let request = app.admin(
+            reqwest::Method::GET,
+            &format!("/v1/profiles/lookup?{kind}={}", urlencoding::encode(&value)),
+        );
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let mut asked = Vec::new();
+    for i in 0..40 {
+        asked.push(ask("user_id", format!("person-{i}")));
+        asked.push(ask("email", format!("Person{i}@Example.com")));
+        if i % 4 == 0 {
+            asked.push(ask("user_id", format!("stranger-{i}")));
+        }
+    }
+    let answers = futures::future::join_all(asked).await;
+    let mut by_user = std::collections::HashMap::new();
+    let mut answers = answers.into_iter();
+    for i in 0..40 {
+        let (status, by_id) = answers.next().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(by_id["traits"]["name"], format!("Person {i}"));
+        let (status, by_email) = answers.next().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            by_email["id"], by_id["id"],
+            "person {i} by email and by user id"
+        );
+        by_user.insert(by_id["id"].to_string(), i);
+        if i % 4 == 0 {
+            let (status, stranger) = answers.next().unwrap();
+            assert_eq!(status, 404);
+            assert_eq!(
+                stranger["detail"],
+                format!("no profile has the user_id \"stranger-{i}\"")
+            );
+        }
+    }
+    assert_eq!(by_user.len(), 40, "forty people, forty profiles");
+}
+
+#[tokio::test]
+async fn a_lookup_of_a_value_no_identifier_can_hold_is_not_found() {
+    let app = spawn_app().await;
+    let (_, web) = app.create_source("Web", "web").await;
+    send(
+        &app,
+        &web,
+        vec![json!({"type": "identify", "userId": "ada"})],
+    )
+    .await;
+    app.settle().await;
+    // PostgreSQL text cannot hold NUL, so no identifier has one: not found, not a failed read.
+    let response = app
+        .admin(reqwest::Method::GET, "/v1/profiles/lookup?user_id=ada%00")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(response, 404).await;
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no profile has the user_id"));
+    assert_eq!(app.lookup("user_id", "ada").await["event_count"], 1);
+}

@@ -1,0 +1,149 @@
+//! Profile lookups by identifier, answered together: lookups that arrive while earlier ones are
+//! being read from the database wait, and the next statement reads all of them at once.
+//!
+//! A lookup is one indexed read, and most of what PostgreSQL spends on it is the statement, not
+//! the rows: waking a backend, starting the executor, the protocol round trip. Four lookups in
+//! one statement cost about as much machine time as two alone (BENCHMARKS.md). Nothing waits on
+//! purpose: with no statement in flight a lookup goes at once, so a light load sees the latency
+//! of a single read, and under a heavy one the statements grow with the queue and each lookup
+//! gets cheaper just when the machine is busiest.
+
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::store::{profile, Profile, PROFILE_FIELDS};
+use crate::db::{Db, DbError};
+
+/// Statements in flight at once; lookups beyond them queue for the next statement. One: at
+/// 5,000 lookups/s two in flight left almost every statement with a single lookup, one gathers
+/// three to four (BENCHMARKS.md), and the statement grows with the load.
+const MAX_IN_FLIGHT: usize = 1;
+/// Lookups one statement reads at most.
+const MAX_BATCH: usize = 256;
+
+/// Each queued identifier, numbered by its place in the arrays, joined to its profile.
+static BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {PROFILE_FIELDS}, q.n
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, n)
+         JOIN identities x ON x.kind = q.kind AND x.value = q.value
+         JOIN profiles p ON p.id = x.profile_id"
+    )
+});
+
+type Answer = Result<Option<Profile>, DbError>;
+
+struct Waiting {
+    kind: String,
+    value: String,
+    reply: oneshot::Sender<Answer>,
+}
+
+#[derive(Default)]
+struct Line {
+    queue: Vec<Waiting>,
+    in_flight: usize,
+}
+
+/// The lookups of one server (shared by its threads).
+#[derive(Default)]
+pub struct Lookups {
+    line: Mutex<Line>,
+}
+
+impl Lookups {
+    /// The profile holding the normalized identifier `(kind, value)`, if any.
+    pub async fn get(self: &Arc<Self>, db: &Db, kind: String, value: String) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut line = self.line();
+            line.queue.push(Waiting { kind, value, reply });
+            (line.in_flight < MAX_IN_FLIGHT).then(|| {
+                line.in_flight += 1;
+                take(&mut line.queue)
+            })
+        };
+        if let Some(batch) = lead {
+            // Its own task: a caller that goes away (a closed connection, a request past its
+            // time limit) must not take the other callers' answers with it.
+            tokio::spawn(self.clone().drive(db.clone(), batch));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(DbError::Unavailable(
+                "the lookup was abandoned before it was answered".into(),
+            ))
+        })
+    }
+
+    fn line(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.line.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads `batch`, then whatever queued meanwhile, until the queue is empty.
+    async fn drive(self: Arc<Self>, db: Db, mut batch: Vec<Waiting>) {
+        let _slot = Slot(&self);
+        loop {
+            read(&db, batch).await;
+            let mut line = self.line();
+            if line.queue.is_empty() {
+                return;
+            }
+            batch = take(&mut line.queue);
+        }
+    }
+}
+
+/// Gives back a statement slot when its driver ends, even by a panic: the next lookup then
+/// leads and takes the queue.
+struct Slot<'a>(&'a Lookups);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.line().in_flight -= 1;
+    }
+}
+
+/// The oldest `MAX_BATCH` waiting lookups.
+fn take(queue: &mut Vec<Waiting>) -> Vec<Waiting> {
+    if queue.len() <= MAX_BATCH {
+        std::mem::take(queue)
+    } else {
+        queue.drain(..MAX_BATCH).collect()
+    }
+}
+
+/// Answers every lookup of `batch` from one statement.
+async fn read(db: &Db, batch: Vec<Waiting>) {
+    let kinds: Vec<&str> = batch.iter().map(|w| w.kind.as_str()).collect();
+    let values: Vec<&str> = batch.iter().map(|w| w.value.as_str()).collect();
+    let rows = db
+        .timed(async {
+            let client = db.conn().await?;
+            let statement = client.prepare_cached(&BATCH).await?;
+            Ok(client.query(&statement, &[&kinds, &values]).await?)
+        })
+        .await;
+    let mut answers: Vec<Option<Profile>> = batch.iter().map(|_| None).collect();
+    let failure = match rows {
+        Ok(rows) => {
+            for row in &rows {
+                let n: i64 = row.get(PROFILE_FIELD_COUNT);
+                answers[n as usize - 1] = Some(profile(row));
+            }
+            None
+        }
+        Err(e) => Some(e),
+    };
+    for (waiting, answer) in batch.into_iter().zip(answers) {
+        let answer = match &failure {
+            None => Ok(answer),
+            Some(e) => Err(e.for_each_caller()),
+        };
+        // A caller that went away no longer listens; nothing to do about it.
+        let _ = waiting.reply.send(answer);
+    }
+}
+
+/// Columns of `PROFILE_FIELDS`; the batch's `q.n` follows them.
+const PROFILE_FIELD_COUNT: usize = 9;
