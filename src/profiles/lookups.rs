@@ -21,6 +21,9 @@ use crate::db::{Db, DbError};
 const MAX_IN_FLIGHT: usize = 1;
 /// Lookups one statement reads at most.
 const MAX_BATCH: usize = 256;
+/// Lookups that may wait; beyond them a lookup is shed at once (503), as requests waiting for a
+/// pooled connection are.
+const MAX_QUEUED: usize = 4 * MAX_BATCH;
 
 /// Each queued identifier, numbered by its place in the arrays, joined to its profile.
 static BATCH: LazyLock<String> = LazyLock::new(|| {
@@ -58,6 +61,9 @@ impl Lookups {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut line = self.line();
+            if line.queue.len() >= MAX_QUEUED {
+                return Err(DbError::Saturated(line.queue.len()));
+            }
             line.queue.push(Waiting { kind, value, reply });
             (line.in_flight < MAX_IN_FLIGHT).then(|| {
                 line.in_flight += 1;
@@ -67,7 +73,12 @@ impl Lookups {
         if let Some(batch) = lead {
             // Its own task: a caller that goes away (a closed connection, a request past its
             // time limit) must not take the other callers' answers with it.
-            tokio::spawn(self.clone().drive(db.clone(), batch));
+            let slot = Slot {
+                lookups: self.clone(),
+                db: db.clone(),
+                held: true,
+            };
+            tokio::spawn(slot.drive(batch));
         }
         answer.await.unwrap_or_else(|_| {
             Err(DbError::Unavailable(
@@ -80,27 +91,64 @@ impl Lookups {
         self.line.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reads `batch`, then whatever queued meanwhile, until the queue is empty.
-    async fn drive(self: Arc<Self>, db: Db, mut batch: Vec<Waiting>) {
-        let _slot = Slot(&self);
-        loop {
-            read(&db, batch).await;
-            let mut line = self.line();
-            if line.queue.is_empty() {
-                return;
-            }
-            batch = take(&mut line.queue);
+    /// The next batch, keeping the statement slot; or, with nothing queued, the slot given back.
+    fn next_or_release(&self) -> Option<Vec<Waiting>> {
+        let mut line = self.line();
+        if line.queue.is_empty() {
+            line.in_flight -= 1;
+            None
+        } else {
+            Some(take(&mut line.queue))
         }
     }
 }
 
-/// Gives back a statement slot when its driver ends, even by a panic: the next lookup then
-/// leads and takes the queue.
-struct Slot<'a>(&'a Lookups);
+/// A statement slot, held by the task that reads the queue. Should that task end without giving
+/// it back (a panic, or a runtime shutting down before it ran), the lookups queued behind it get
+/// a new task, or the slot is freed.
+struct Slot {
+    lookups: Arc<Lookups>,
+    db: Db,
+    held: bool,
+}
 
-impl Drop for Slot<'_> {
+impl Slot {
+    /// Reads `batch`, then whatever queued meanwhile, until the queue is empty.
+    async fn drive(mut self, mut batch: Vec<Waiting>) {
+        loop {
+            read(&self.db, batch).await;
+            // Seeing the queue empty and giving the slot back happen under one lock: a lookup
+            // queued in between would otherwise find the slot taken and wait for no one.
+            match self.lookups.next_or_release() {
+                Some(next) => batch = next,
+                None => {
+                    self.held = false;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.line().in_flight -= 1;
+        if !self.held {
+            return;
+        }
+        let Some(batch) = self.lookups.next_or_release() else {
+            return;
+        };
+        let slot = Slot {
+            lookups: self.lookups.clone(),
+            db: self.db.clone(),
+            held: true,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(slot.drive(batch))),
+            // No runtime to read on: the batch's callers are told their lookup was abandoned,
+            // and the slot is given back when `slot` drops with the queue empty.
+            Err(_) => drop((slot, batch)),
+        }
     }
 }
 
