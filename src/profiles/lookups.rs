@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::store::{profile, Profile, PROFILE_FIELDS};
+use super::store::{profile, Profile, PROFILE_FIELDS, PROFILE_FIELD_COUNT};
 use crate::db::{Db, DbError};
 
 /// Statements in flight at once; lookups beyond them queue for the next statement. One: at
@@ -58,6 +58,11 @@ pub struct Lookups {
 impl Lookups {
     /// The profile holding the normalized identifier `(kind, value)`, if any.
     pub async fn get(self: &Arc<Self>, db: &Db, kind: String, value: String) -> Answer {
+        // No identifier holds a NUL (PostgreSQL text cannot), and such a value would fail the
+        // statement the other lookups share.
+        if kind.contains('\0') || value.contains('\0') {
+            return Ok(None);
+        }
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut line = self.line();
@@ -73,12 +78,7 @@ impl Lookups {
         if let Some(batch) = lead {
             // Its own task: a caller that goes away (a closed connection, a request past its
             // time limit) must not take the other callers' answers with it.
-            let slot = Slot {
-                lookups: self.clone(),
-                db: db.clone(),
-                held: true,
-            };
-            tokio::spawn(slot.drive(batch));
+            tokio::spawn(Slot::held(self.clone(), db.clone()).drive(batch));
         }
         answer.await.unwrap_or_else(|_| {
             Err(DbError::Unavailable(
@@ -113,6 +113,14 @@ struct Slot {
 }
 
 impl Slot {
+    fn held(lookups: Arc<Lookups>, db: Db) -> Slot {
+        Slot {
+            lookups,
+            db,
+            held: true,
+        }
+    }
+
     /// Reads `batch`, then whatever queued meanwhile, until the queue is empty.
     async fn drive(mut self, mut batch: Vec<Waiting>) {
         loop {
@@ -138,11 +146,7 @@ impl Drop for Slot {
         let Some(batch) = self.lookups.next_or_release() else {
             return;
         };
-        let slot = Slot {
-            lookups: self.lookups.clone(),
-            db: self.db.clone(),
-            held: true,
-        };
+        let slot = Slot::held(self.lookups.clone(), self.db.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(slot.drive(batch))),
             // No runtime to read on: the batch's callers are told their lookup was abandoned,
@@ -176,6 +180,7 @@ async fn read(db: &Db, batch: Vec<Waiting>) {
     let failure = match rows {
         Ok(rows) => {
             for row in &rows {
+                // `q.n` follows the profile's fields.
                 let n: i64 = row.get(PROFILE_FIELD_COUNT);
                 answers[n as usize - 1] = Some(profile(row));
             }
@@ -192,6 +197,3 @@ async fn read(db: &Db, batch: Vec<Waiting>) {
         let _ = waiting.reply.send(answer);
     }
 }
-
-/// Columns of `PROFILE_FIELDS`; the batch's `q.n` follows them.
-const PROFILE_FIELD_COUNT: usize = 9;

@@ -39,6 +39,8 @@ pub(super) const PROFILE_FIELDS: &str = r#"
        coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'entered_at', to_char(sm.entered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
                  FROM segment_members sm JOIN segments s ON s.id = sm.segment_id WHERE sm.profile_id = p.id), '[]'::jsonb),
        coalesce((SELECT c.computed FROM profile_computed c WHERE c.profile_id = p.id), '{}'::jsonb)"#;
+/// How many columns `PROFILE_FIELDS` has; a statement's own columns follow them.
+pub(super) const PROFILE_FIELD_COUNT: usize = 9;
 
 /// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
 static BY_ID: LazyLock<String> = LazyLock::new(|| {
