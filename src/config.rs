@@ -71,6 +71,9 @@ pub struct IdentitySettings {
     pub batch_size: i64,
     /// Milliseconds the resolver naps when idle.
     pub poll_interval_ms: u64,
+    /// Milliseconds a profile read waits for the resolver to take acknowledged messages it would
+    /// otherwise miss (on_read.rs); 0 reads what is resolved.
+    pub read_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

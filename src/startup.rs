@@ -28,6 +28,8 @@ pub struct AppState {
     pub rules: Arc<IdentityRules>,
     /// Wakes the identity resolver when new events are stored.
     pub resolver_wake: Arc<Notify>,
+    /// Told after each batch the resolver of this instance commits.
+    pub resolved: Arc<Notify>,
     /// The DataFusion query layer over the columnar snapshot.
     pub query: Arc<QueryEngine>,
     /// Per-source token buckets of the tracking API.
@@ -103,6 +105,7 @@ impl Application {
             metrics: Arc::new(Metrics::new()),
             rules: Arc::new(IdentityRules::from_settings(&settings.identity)),
             resolver_wake: Arc::new(Notify::new()),
+            resolved: Arc::new(Notify::new()),
             query: Arc::new(
                 QueryEngine::new(db.clone())
                     .await

@@ -33,6 +33,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0011_identities_byte_collation",
         include_str!("../../sql/0011_identities_byte_collation.sql"),
     ),
+    (
+        "0012_reads_see_pending_messages",
+        include_str!("../../sql/0012_reads_see_pending_messages.sql"),
+    ),
 ];
 
 /// An arbitrary but fixed key for `pg_advisory_lock`.

@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::{page_of, resource, Page};
 use crate::auth::{Principal, Scope};
+use crate::db::DbError;
 use crate::error::{ApiError, Problem};
-use crate::identity::{ANONYMOUS_ID, EMAIL, PHONE, USER_ID};
+use crate::identity::{on_read, ANONYMOUS_ID, EMAIL, PHONE, USER_ID};
 use crate::profiles::store::{self, Merge, Profile, TimelineEvent, TimelineQuery};
 use crate::startup::AppState;
 
@@ -50,12 +51,30 @@ pub async fn get_profile(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::ProfilesRead)?;
     let id = id.into_inner();
-    let profile = state
-        .db
-        .timed(store::by_id(&state.db, id))
+    let profile = fresh(&state, || store::by_id(&state.db, id))
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(HttpResponse::Ok().json(profile))
+}
+
+/// A profile read that shows every message acknowledged before it: when `read` finds pending
+/// events the profile does not show yet, the resolver is asked to take them next, and the read
+/// runs again once they are resolved (identity/on_read.rs). Should the resolver not get to them
+/// within `identity.read_wait_ms`, the second read shows what is resolved by then.
+async fn fresh<F, R>(state: &AppState, read: F) -> Result<Option<Profile>, ApiError>
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = Result<store::Read, DbError>>,
+{
+    let first = state.db.timed(read()).await?;
+    if first.pending.is_empty() {
+        return Ok(first.profile);
+    }
+    state
+        .db
+        .timed(on_read::settle(state, &first.pending))
+        .await?;
+    Ok(state.db.timed(read()).await?.profile)
 }
 
 /// Looks a profile up by one identifier: `?email=…`, `?user_id=…`, `?anonymous_id=…`,
@@ -82,11 +101,11 @@ pub async fn lookup(
     let kind = kind.trim().to_lowercase();
     let missing = || ApiError::NotFound(format!("no profile has the {kind} {raw:?}"));
     let value = state.rules.normalize(&kind, raw).ok_or_else(missing)?;
-    let profile = state
-        .db
-        .timed(state.lookups.get(&state.db, kind.clone(), value))
-        .await?
-        .ok_or_else(missing)?;
+    let profile = fresh(&state, || {
+        state.lookups.get(&state.db, kind.clone(), value.clone())
+    })
+    .await?
+    .ok_or_else(missing)?;
     Ok(HttpResponse::Ok().json(profile))
 }
 

@@ -228,7 +228,13 @@ pub async fn preview(
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut sample = Vec::new();
     for id in ids.iter().take(10) {
-        if let Some(profile) = state.db.timed(profiles::by_id(&state.db, *id)).await? {
+        // The segment was evaluated over resolved profiles; the sample shows them as they are.
+        if let Some(profile) = state
+            .db
+            .timed(profiles::by_id(&state.db, *id))
+            .await?
+            .profile
+        {
             sample.push(profile);
         }
     }

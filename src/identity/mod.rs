@@ -3,6 +3,7 @@
 //! worker that applies decisions to `profiles` / `identities` / `profile_merges`.
 
 pub mod decide;
+pub mod on_read;
 pub mod resolver;
 pub mod store;
 
@@ -151,6 +152,23 @@ impl IdentityRules {
             }
         }
         ids.sort_by_key(|id| self.rank(&id.kind));
+        ids
+    }
+}
+
+impl IdentityRules {
+    /// Every identifier a message may be matched on, with an alias's `previousId` read both as a
+    /// user id and as an anonymous id: which one it is depends on the profiles when it resolves.
+    pub fn extract_either<'a>(
+        &self,
+        message: impl Fn(&'static str) -> MessageIds<'a>,
+    ) -> Vec<Identifier> {
+        let mut ids = self.extract(&message(USER_ID));
+        for id in self.extract(&message(ANONYMOUS_ID)) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
         ids
     }
 }

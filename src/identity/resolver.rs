@@ -33,6 +33,8 @@ pub struct Resolver {
     pub batch_size: i64,
     pub idle: Duration,
     pub wake: Arc<Notify>,
+    /// Told after every batch commits (reads waiting for events, on_read.rs).
+    pub resolved: Arc<Notify>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -54,6 +56,7 @@ impl Resolver {
             batch_size: state.settings.identity.batch_size,
             idle: Duration::from_millis(state.settings.identity.poll_interval_ms),
             wake: state.resolver_wake.clone(),
+            resolved: state.resolved.clone(),
             metrics: state.metrics.clone(),
         }
     }
@@ -182,6 +185,7 @@ impl Resolver {
                 next = prepared?;
                 written?
             };
+            self.resolved.notify_waiters();
             // Freshness as users see it: from receipt to the commit that shows the profile.
             for received in &current.received {
                 let lag = (committed - *received).num_microseconds().unwrap_or(0);
@@ -457,7 +461,19 @@ async fn prepare(
     };
     let started = std::time::Instant::now();
     let skip = prior.map(|p| p.taken.as_slice()).unwrap_or(&[]);
-    let events = store::pending_events(client, limit, skip).await?;
+    // The oldest pending events, and besides them any that a read is waiting for (on_read.rs).
+    let (requested, mut events) = futures::try_join!(
+        store::take_requests(client),
+        store::pending_events(client, limit, skip)
+    )?;
+    let extra: Vec<i64> = requested
+        .into_iter()
+        .filter(|seq| !skip.contains(seq) && !events.iter().any(|e| e.seq == *seq))
+        .collect();
+    if !extra.is_empty() {
+        events.extend(store::pending_among(client, &extra).await?);
+        events.sort_unstable_by_key(|e| e.seq);
+    }
     if events.is_empty() {
         client.batch_execute("COMMIT").await?;
         return Ok(None);
@@ -469,9 +485,7 @@ async fn prepare(
     // Every identifier the batch could touch, looked up at once (aliases both ways).
     let mut wanted: HashSet<Identifier> = HashSet::new();
     for event in &events {
-        for kind in [USER_ID, ANONYMOUS_ID] {
-            wanted.extend(rules.extract(&event.ids(kind)));
-        }
+        wanted.extend(rules.extract_either(|kind| event.ids(kind)));
     }
     // What `prior` knows it answers itself; the database is asked for the rest.
     let (kinds, values): (Vec<&str>, Vec<&str>) = wanted

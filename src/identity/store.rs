@@ -38,6 +38,28 @@ impl PendingEvent {
     }
 }
 
+/// What resolution reads of an event, for `pending_event`.
+const PENDING_FIELDS: &str =
+    "e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
+    CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds',
+    e.received_at";
+
+fn pending_event(r: &tokio_postgres::Row) -> PendingEvent {
+    PendingEvent {
+        seq: r.get(0),
+        source_id: r.get(1),
+        kind: r.get(2),
+        user_id: r.get(3),
+        anonymous_id: r.get(4),
+        previous_id: r.get(5),
+        ts: r.get(6),
+        traits: crate::db::lenient_json(r, 7),
+        context_traits: crate::db::lenient_json(r, 8),
+        external_ids: crate::db::lenient_json(r, 9),
+        received_at: r.get(10),
+    }
+}
+
 /// The first `limit` events waiting for resolution, but for `skip` (those of a batch still being
 /// written).
 pub async fn pending_events(
@@ -45,34 +67,44 @@ pub async fn pending_events(
     limit: i64,
     skip: &[i64],
 ) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {PENDING_FIELDS}
+         FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL AND seq <> ALL($2)
+               ORDER BY seq LIMIT $1) AS p
+         JOIN events e ON e.seq = p.seq
+         ORDER BY e.seq"
+    );
+    let rows = tx
+        .query(&tx.prepare_cached(&sql).await?, &[&limit, &skip])
+        .await?;
+    Ok(rows.iter().map(pending_event).collect())
+}
+
+/// Those of the events `seqs` that still wait for resolution.
+pub async fn pending_among(
+    tx: &impl GenericClient,
+    seqs: &[i64],
+) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {PENDING_FIELDS}
+         FROM event_profiles p JOIN events e ON e.seq = p.seq
+         WHERE p.seq = ANY($1) AND p.resolved_seq IS NULL"
+    );
+    let rows = tx.query(&tx.prepare_cached(&sql).await?, &[&seqs]).await?;
+    Ok(rows.iter().map(pending_event).collect())
+}
+
+/// Takes the events reads are waiting for (`resolution_requests`); the requests come back if the
+/// transaction does not commit.
+pub async fn take_requests(tx: &impl GenericClient) -> Result<Vec<i64>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            &tx.prepare_cached("SELECT e.seq, e.source_id, e.type, e.user_id, e.anonymous_id, e.previous_id, e.ts,
-                    CASE WHEN e.type = 'identify' THEN e.traits END, e.context->'traits', e.context->'externalIds',
-                    e.received_at
-             FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL AND seq <> ALL($2)
-                   ORDER BY seq LIMIT $1) AS p
-             JOIN events e ON e.seq = p.seq
-             ORDER BY e.seq").await?,
-            &[&limit, &skip],
+            &tx.prepare_cached("DELETE FROM resolution_requests RETURNING seq")
+                .await?,
+            &[],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| PendingEvent {
-            seq: r.get(0),
-            source_id: r.get(1),
-            kind: r.get(2),
-            user_id: r.get(3),
-            anonymous_id: r.get(4),
-            previous_id: r.get(5),
-            ts: r.get(6),
-            traits: crate::db::lenient_json(r, 7),
-            context_traits: crate::db::lenient_json(r, 8),
-            external_ids: crate::db::lenient_json(r, 9),
-            received_at: r.get(10),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// `(kind, value) → profile` for the identifiers that exist.
@@ -275,7 +307,9 @@ pub async fn mark_resolved(
     profile_ids: &[Option<Uuid>],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        &tx.prepare_cached("UPDATE event_profiles e SET profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
+        // A resolved event no longer needs finding by its identifiers.
+        &tx.prepare_cached("WITH found AS (DELETE FROM pending_identifiers WHERE seq = ANY($1))
+         UPDATE event_profiles e SET profile_id = r.profile_id, resolved_seq = nextval('event_resolutions')
          FROM unnest($1::int8[], $2::uuid[]) AS r(seq, profile_id) WHERE e.seq = r.seq AND e.seq = ANY($1)").await?,
         &[&seqs, &profile_ids],
     )

@@ -87,6 +87,31 @@ pub struct Message {
     pub extra: Option<Value>,
 }
 
+impl Message {
+    /// The message's identifier fields, as resolution reads them, with an alias's `previousId`
+    /// read as `previous_kind`.
+    pub fn ids<'a>(&'a self, previous_kind: &'a str) -> crate::identity::MessageIds<'a> {
+        let context = self.context.as_ref();
+        let identify = matches!(self.kind, MessageType::Identify);
+        crate::identity::MessageIds {
+            user_id: self.user_id.as_deref(),
+            anonymous_id: self.anonymous_id.as_deref(),
+            previous_id: self.previous_id.as_deref(),
+            previous_kind,
+            // A group's traits describe the group, not the person.
+            traits: self
+                .traits
+                .as_ref()
+                .filter(|_| identify)
+                .and_then(Value::as_object),
+            context_traits: context
+                .and_then(|c| c.get("traits"))
+                .and_then(Value::as_object),
+            external_ids: context.and_then(|c| c.get("externalIds")),
+        }
+    }
+}
+
 /// What a request carried: an optional write key in the body and its messages.
 #[derive(Debug)]
 pub struct Request {

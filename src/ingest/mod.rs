@@ -150,6 +150,7 @@ pub async fn ingest(
             source.id,
             received_at,
             &request.messages,
+            &state.rules,
         ))
         .await?;
     if stored > 0 {

@@ -7,9 +7,11 @@ use uuid::Uuid;
 
 use super::message::Message;
 use crate::db::{Db, DbError};
+use crate::identity::IdentityRules;
 
-// The event and its row in `event_profiles` (the resolver's queue) go in one statement, so one
-// commit makes both durable.
+// The event, its row in `event_profiles` (the resolver's queue) and its identifiers in
+// `pending_identifiers` (how a profile read finds it before it is resolved) go in one statement,
+// so one commit makes them durable together. A retried message (a conflict) stores nothing.
 const INSERT: &str = "
 WITH stored AS (
 INSERT INTO events (source_id, message_id, type, event, name, user_id, anonymous_id, group_id,
@@ -24,8 +26,14 @@ FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text
      AS m(message_id, type, event, name, user_id, anonymous_id, group_id, previous_id, ts,
           original_timestamp, sent_at, properties, traits, context, integrations, extra)
 ON CONFLICT (source_id, message_id) DO NOTHING
-RETURNING seq, ts)
-INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM stored";
+RETURNING seq, ts, message_id),
+queued AS (INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM stored),
+findable AS (
+INSERT INTO pending_identifiers (kind, value, seq)
+SELECT i.kind, i.value, s.seq
+FROM unnest($19::int4[], $20::text[], $21::text[]) AS i(message, kind, value)
+JOIN stored s ON s.message_id = ($3::text[])[i.message])
+SELECT count(*) FROM stored";
 
 /// Stores `messages` in one round trip, committed when this returns; returns how many were new
 /// (the rest were retries of messages already stored).
@@ -34,6 +42,7 @@ pub async fn insert_messages(
     source_id: Uuid,
     received_at: DateTime<Utc>,
     messages: &[Message],
+    rules: &IdentityRules,
 ) -> Result<u64, DbError> {
     let n = messages.len();
     let mut message_id = Vec::with_capacity(n);
@@ -52,7 +61,14 @@ pub async fn insert_messages(
     let mut context: Vec<Option<&Value>> = Vec::with_capacity(n);
     let mut integrations: Vec<Option<&Value>> = Vec::with_capacity(n);
     let mut extra: Vec<Option<&Value>> = Vec::with_capacity(n);
-    for m in messages {
+    // Each identifier with the (1-based) position of its message.
+    let (mut id_message, mut id_kind, mut id_value) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, m) in messages.iter().enumerate() {
+        for id in rules.extract_either(|previous_kind| m.ids(previous_kind)) {
+            id_message.push(i as i32 + 1);
+            id_kind.push(id.kind);
+            id_value.push(id.value);
+        }
         message_id.push(m.message_id.as_str());
         kind.push(m.kind.as_str());
         event.push(m.event.as_deref());
@@ -72,8 +88,8 @@ pub async fn insert_messages(
     }
     let client = db.conn().await?;
     let statement = client.prepare_cached(INSERT).await?;
-    let inserted = client
-        .execute(
+    let inserted: i64 = client
+        .query_one(
             &statement,
             &[
                 &source_id,
@@ -94,8 +110,12 @@ pub async fn insert_messages(
                 &context,
                 &integrations,
                 &extra,
+                &id_message,
+                &id_kind,
+                &id_value,
             ],
         )
-        .await?;
-    Ok(inserted)
+        .await?
+        .get(0);
+    Ok(inserted as u64)
 }

@@ -11,13 +11,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::identity::store::PendingEvent;
-use crate::identity::{Identifier, IdentityRules, MessageIds, ANONYMOUS_ID, USER_ID};
+use crate::identity::{Identifier, IdentityRules};
 use crate::ingest::message::Message;
 
 /// Taken exclusively by an erasure and shared by each resolver batch, so an erasure never
@@ -123,9 +122,9 @@ pub async fn erase(db: &Db, rules: &IdentityRules, id: Uuid) -> Result<Erasure, 
 
 /// The hashes of every identifier a pending event carries, read both ways an alias can be.
 fn pending_hashes(event: &PendingEvent, rules: &IdentityRules) -> Vec<IdentifierHash> {
-    [USER_ID, ANONYMOUS_ID]
-        .into_iter()
-        .flat_map(|previous_kind| rules.extract(&event.ids(previous_kind)))
+    rules
+        .extract_either(|previous_kind| event.ids(previous_kind))
+        .iter()
         .map(|i| identifier_hash(&i.kind, &i.value))
         .collect()
 }
@@ -254,27 +253,8 @@ pub fn is_suppressed(
     rules: &IdentityRules,
     suppressed: &HashSet<IdentifierHash>,
 ) -> bool {
-    let context = message.context.as_ref();
-    let identify = matches!(message.kind, crate::ingest::MessageType::Identify);
-    [USER_ID, ANONYMOUS_ID].into_iter().any(|previous_kind| {
-        let ids = MessageIds {
-            user_id: message.user_id.as_deref(),
-            anonymous_id: message.anonymous_id.as_deref(),
-            previous_id: message.previous_id.as_deref(),
-            previous_kind,
-            traits: message
-                .traits
-                .as_ref()
-                .filter(|_| identify)
-                .and_then(Value::as_object),
-            context_traits: context
-                .and_then(|c| c.get("traits"))
-                .and_then(Value::as_object),
-            external_ids: context.and_then(|c| c.get("externalIds")),
-        };
-        rules
-            .extract(&ids)
-            .iter()
-            .any(|i| suppressed.contains(&identifier_hash(&i.kind, &i.value)))
-    })
+    rules
+        .extract_either(|previous_kind| message.ids(previous_kind))
+        .iter()
+        .any(|i| suppressed.contains(&identifier_hash(&i.kind, &i.value)))
 }

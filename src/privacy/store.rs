@@ -170,7 +170,8 @@ pub async fn delete_profiles(
     let events = tx
         .execute(
             "WITH gone AS (
-                 DELETE FROM event_profiles WHERE profile_id = ANY($1) OR seq = ANY($2) RETURNING seq)
+                 DELETE FROM event_profiles WHERE profile_id = ANY($1) OR seq = ANY($2) RETURNING seq),
+             findable AS (DELETE FROM pending_identifiers WHERE seq IN (SELECT seq FROM gone))
              DELETE FROM events WHERE seq IN (SELECT seq FROM gone)",
             &[&profiles, &extra_events],
         )
@@ -283,7 +284,8 @@ pub async fn delete_events(
     seqs: &[i64],
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "WITH gone AS (DELETE FROM event_profiles WHERE seq = ANY($1) RETURNING seq)
+        "WITH gone AS (DELETE FROM event_profiles WHERE seq = ANY($1) RETURNING seq),
+         findable AS (DELETE FROM pending_identifiers WHERE seq = ANY($1))
          DELETE FROM events WHERE seq IN (SELECT seq FROM gone)",
         &[&seqs],
     )

@@ -12,7 +12,9 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::store::{profile, Profile, PROFILE_FIELDS, PROFILE_FIELD_COUNT};
+use super::store::{
+    pending_with, profile, Read, PROFILE_FIELDS, PROFILE_FIELD_COUNT, PROFILE_KEYS,
+};
 use crate::db::{Db, DbError};
 
 /// Statements in flight at once; lookups beyond them queue for the next statement. One: at
@@ -25,17 +27,19 @@ const MAX_BATCH: usize = 256;
 /// pooled connection are.
 const MAX_QUEUED: usize = 4 * MAX_BATCH;
 
-/// Each queued identifier, numbered by its place in the arrays, joined to its profile.
+/// Each queued identifier, numbered by its place in the arrays, joined to its profile (if any),
+/// with the pending events that carry it or one of the profile's identifiers.
 static BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {PROFILE_FIELDS}, q.n
+        "SELECT {PROFILE_FIELDS}, q.n, {}
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, n)
-         JOIN identities x ON x.kind = q.kind AND x.value = q.value
-         JOIN profiles p ON p.id = x.profile_id"
+         LEFT JOIN identities x ON x.kind = q.kind AND x.value = q.value
+         LEFT JOIN profiles p ON p.id = x.profile_id",
+        pending_with(&format!("SELECT q.kind, q.value UNION {PROFILE_KEYS}"))
     )
 });
 
-type Answer = Result<Option<Profile>, DbError>;
+type Answer = Result<Read, DbError>;
 
 struct Waiting {
     kind: String,
@@ -56,12 +60,16 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    /// The profile holding the normalized identifier `(kind, value)`, if any.
+    /// The profile holding the normalized identifier `(kind, value)`, if any, and the pending
+    /// events it would miss.
     pub async fn get(self: &Arc<Self>, db: &Db, kind: String, value: String) -> Answer {
         // No identifier holds a NUL (PostgreSQL text cannot), and such a value would fail the
         // statement the other lookups share.
         if kind.contains('\0') || value.contains('\0') {
-            return Ok(None);
+            return Ok(Read {
+                profile: None,
+                pending: Vec::new(),
+            });
         }
         let (reply, answer) = oneshot::channel();
         let lead = {
@@ -176,13 +184,24 @@ async fn read(db: &Db, batch: Vec<Waiting>) {
             Ok(client.query(&statement, &[&kinds, &values]).await?)
         })
         .await;
-    let mut answers: Vec<Option<Profile>> = batch.iter().map(|_| None).collect();
+    let mut answers: Vec<Read> = batch
+        .iter()
+        .map(|_| Read {
+            profile: None,
+            pending: Vec::new(),
+        })
+        .collect();
     let failure = match rows {
         Ok(rows) => {
             for row in &rows {
-                // `q.n` follows the profile's fields.
+                // `q.n` and the pending events follow the profile's fields, which are all null
+                // where no profile holds the identifier.
                 let n: i64 = row.get(PROFILE_FIELD_COUNT);
-                answers[n as usize - 1] = Some(profile(row));
+                let found: Option<uuid::Uuid> = row.get(0);
+                answers[n as usize - 1] = Read {
+                    profile: found.map(|_| profile(row)),
+                    pending: row.get(PROFILE_FIELD_COUNT + 1),
+                };
             }
             None
         }

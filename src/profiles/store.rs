@@ -42,10 +42,35 @@ pub(super) const PROFILE_FIELDS: &str = r#"
 /// How many columns `PROFILE_FIELDS` has; a statement's own columns follow them.
 pub(super) const PROFILE_FIELD_COUNT: usize = 9;
 
+/// An array column: the events not yet resolved that carry one of the identifiers `keys` selects
+/// (as `kind`, `value`), found through `pending_identifiers` (identity/on_read.rs).
+pub(super) fn pending_with(keys: &str) -> String {
+    format!(
+        "ARRAY(SELECT DISTINCT w.seq FROM ({keys}) AS k
+               JOIN pending_identifiers w ON w.kind = k.kind AND w.value = k.value
+               JOIN event_profiles e ON e.seq = w.seq AND e.resolved_seq IS NULL)"
+    )
+}
+
+/// The identifiers of profile `p`, as `pending_with` takes them.
+pub(super) const PROFILE_KEYS: &str =
+    "SELECT i.kind, i.value FROM identities i WHERE i.profile_id = p.id";
+
 /// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
 static BY_ID: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {PROFILE_FIELDS} FROM profiles p WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)")
+    format!(
+        "SELECT {PROFILE_FIELDS}, {}
+         FROM profiles p WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)",
+        pending_with(PROFILE_KEYS)
+    )
 });
+
+/// A profile as read, and the events it does not show yet: acknowledged, not yet resolved, and
+/// carrying the identifier asked for or one of the profile's (identity/on_read.rs).
+pub struct Read {
+    pub profile: Option<Profile>,
+    pub pending: Vec<i64>,
+}
 
 pub(super) fn profile(row: &tokio_postgres::Row) -> Profile {
     let mut identities: Value = row.get(5);
@@ -82,14 +107,14 @@ fn sort_objects_by(array: &mut Value, keys: &[&str]) {
     }
 }
 
-pub async fn by_id(db: &Db, id: Uuid) -> Result<Option<Profile>, DbError> {
+pub async fn by_id(db: &Db, id: Uuid) -> Result<Read, DbError> {
     let client = db.conn().await?;
     let statement = client.prepare_cached(&BY_ID).await?;
-    Ok(client
-        .query_opt(&statement, &[&id])
-        .await?
-        .as_ref()
-        .map(profile))
+    let row = client.query_opt(&statement, &[&id]).await?;
+    Ok(Read {
+        profile: row.as_ref().map(profile),
+        pending: row.map(|r| r.get(PROFILE_FIELD_COUNT)).unwrap_or_default(),
+    })
 }
 
 /// The live profile an id stands for (itself, or its survivor), if it exists.

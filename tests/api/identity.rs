@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{identities, listed, problem, spawn_app, TestApp};
+use crate::helpers::{identities, listed, problem, spawn_app, spawn_app_with, Options, TestApp};
 
 fn pair(kind: &str, value: &str) -> (String, String) {
     (kind.to_string(), value.to_string())
@@ -589,4 +589,69 @@ async fn a_lookup_of_a_value_no_identifier_can_hold_is_not_found() {
         .unwrap()
         .contains("no profile has the user_id"));
     assert_eq!(app.lookup("user_id", "ada").await["event_count"], 1);
+}
+
+/// Events of the resolver's queue not resolved yet.
+async fn backlog(app: &TestApp) -> i64 {
+    app.db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn profile_reads_show_acknowledged_messages_the_resolver_has_not_reached() {
+    // Ten events a batch: the burst below takes the resolver well over a second to clear.
+    let app = spawn_app_with(Options { via_proxy: false }, |s| s.identity.batch_size = 10).await;
+    let (_, web) = app.create_source("Web shop", "web").await;
+    let (_, desk) = app.create_source("Help desk", "support").await;
+    send(&app, &web, vec![json!({"type": "identify", "userId": "grace", "traits": {"email": "grace@example.com", "plan": "free"}, "timestamp": "2024-05-01T10:00:00Z"})]).await;
+    app.settle().await;
+    let grace = app.lookup("user_id", "grace").await;
+
+    // A burst of other people's messages, then Ada signs up and Grace upgrades.
+    for chunk in 0..3 {
+        let batch = (0..500)
+            .map(|i| json!({"type": "identify", "userId": format!("shopper-{chunk}-{i}"), "timestamp": "2024-05-02T09:00:00Z"}))
+            .collect();
+        send(&app, &web, batch).await;
+    }
+    send(&app, &web, vec![json!({"type": "identify", "anonymousId": "browser-ada", "traits": {"email": "Ada@Example.com", "name": "Ada"}, "timestamp": "2024-05-02T10:00:00Z"})]).await;
+    send(&app, &desk, vec![json!({"type": "identify", "userId": "grace", "traits": {"plan": "pro"}, "timestamp": "2024-05-02T10:01:00Z"})]).await;
+
+    let ada = app.lookup("email", "ada@example.com").await;
+    assert_eq!(
+        ada["traits"]["name"], "Ada",
+        "a new person is there at once"
+    );
+    let by_id = app
+        .get_json(&format!("/v1/profiles/{}", grace["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(by_id["traits"]["plan"], "pro", "by id, the upgrade shows");
+    let by_email = app.lookup("email", "grace@example.com").await;
+    assert_eq!(
+        by_email["traits"]["plan"], "pro",
+        "by another of her identifiers, too"
+    );
+    assert_eq!(by_email["id"], grace["id"]);
+    let behind = backlog(&app).await;
+    assert!(
+        behind > 0,
+        "the reads did not wait for the burst ahead of them to be resolved"
+    );
+
+    // Once the backlog is cleared, resolution has come to the same profiles.
+    app.settle().await;
+    let ada_later = app.lookup("anonymous_id", "browser-ada").await;
+    assert_eq!(ada_later["id"], ada["id"]);
+    assert_eq!(
+        app.lookup("user_id", "grace").await["traits"]["plan"],
+        "pro"
+    );
+    assert_eq!(live_profiles(&app).await, 1 + 1500 + 1);
 }
