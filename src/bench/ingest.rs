@@ -311,12 +311,11 @@ async fn resolve_backlog(state: &crate::startup::AppState) -> anyhow::Result<sup
 }
 
 /// Every 100 ms during the load, whatever earlier probes are waiting for (open loop, so a
-/// slow resolution cannot thin out the samples that would show it): identify a new person; the
-/// time from the 200 to the first lookup that finds the profile is the freshness. One poller
-/// looks the acknowledged probes up oldest first, every 50 ms, and moves straight on to the next
-/// when one shows: resolution goes in acknowledgement order, and its load on the server stays
-/// ~20 lookups a second however far resolution falls behind (a poller a probe would pile up
-/// lookups until the connection pool sheds the very ingest being measured).
+/// slow resolution cannot thin out the samples that would show it): identify a new person, then
+/// look it up at once, and again every 50 ms until the profile shows; the time from the 200 to
+/// the lookup that finds it is the freshness. A read that finds acknowledged messages the
+/// resolver has not reached waits for them itself (`identity.read_wait_ms`, identity/on_read.rs),
+/// so a probe needs one lookup, two if that wait runs out: about ten lookups a second.
 async fn freshness_probe(
     base: String,
     write_key: String,
@@ -324,21 +323,19 @@ async fn freshness_probe(
     done: Arc<AtomicBool>,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let client = reqwest::Client::new();
-    let (acked_tx, acked_rx) = tokio::sync::mpsc::unbounded_channel();
-    let poller = tokio::spawn(poll_probes(client.clone(), base.clone(), token, acked_rx));
-    let mut senders = tokio::task::JoinSet::new();
+    let mut probes = tokio::task::JoinSet::new();
     let mut n = 0;
     let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
     while !done.load(Ordering::Relaxed) {
         every.tick().await;
         n += 1;
-        let (client, base, key, acked) = (
+        let (client, base, key, token) = (
             client.clone(),
             base.clone(),
             write_key.clone(),
-            acked_tx.clone(),
+            token.clone(),
         );
-        senders.spawn(async move {
+        probes.spawn(async move {
             let user = format!("probe-{n}");
             let response = client
                 .post(format!("{base}/v1/identify"))
@@ -351,41 +348,26 @@ async fn freshness_probe(
                 "probe identify answered {}",
                 response.status()
             );
-            acked.send((user, Instant::now()))?;
-            Ok::<_, anyhow::Error>(())
+            let acked_at = Instant::now();
+            loop {
+                let found = client
+                    .get(format!("{base}/v1/profiles/lookup?user_id={user}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?
+                    .status();
+                // (past two minutes something is badly wrong; record what it waited)
+                if found == 200 || acked_at.elapsed().as_secs() >= 120 {
+                    return Ok::<_, anyhow::Error>(acked_at.elapsed());
+                }
+                // Every 50 ms: fine enough against a 1 s target.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         });
     }
-    drop(acked_tx);
-    while let Some(sent) = senders.join_next().await {
-        sent??;
-    }
-    poller.await?
-}
-
-/// Looks up the acknowledged probes, oldest first, until every one has shown.
-async fn poll_probes(
-    client: reqwest::Client,
-    base: String,
-    token: String,
-    mut acked: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
-) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
-    while let Some((user, acked_at)) = acked.recv().await {
-        loop {
-            let found = client
-                .get(format!("{base}/v1/profiles/lookup?user_id={user}"))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .status();
-            // (past two minutes resolution is far behind; record what it waited)
-            if found == 200 || acked_at.elapsed().as_secs() >= 120 {
-                latencies.record(acked_at.elapsed().as_micros() as u64)?;
-                break;
-            }
-            // Every 50 ms: fine enough against a 1 s target.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    while let Some(probe) = probes.join_next().await {
+        latencies.record(probe??.as_micros() as u64)?;
     }
     Ok(latencies)
 }
