@@ -74,6 +74,12 @@ pub struct IdentitySettings {
     /// Milliseconds a profile read waits for the resolver to take acknowledged messages it would
     /// otherwise miss (on_read.rs); 0 reads what is resolved.
     pub read_wait_ms: u64,
+    /// While ingest stores messages faster than the resolver clears them, the resolver rests
+    /// this many times as long as each batch took, leaving the CPU to ingest (reads do not wait
+    /// for the backlog); 0 never rests.
+    pub busy_rest: f64,
+    /// ... unless the oldest message waiting for resolution is this many milliseconds old.
+    pub max_lag_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

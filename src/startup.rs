@@ -30,12 +30,16 @@ pub struct AppState {
     pub resolver_wake: Arc<Notify>,
     /// Told after each batch the resolver of this instance commits.
     pub resolved: Arc<Notify>,
+    /// Tells the resolver of this instance that a read waits for messages (identity/on_read.rs).
+    pub resolution_asked: Arc<Notify>,
     /// The DataFusion query layer over the columnar snapshot.
     pub query: Arc<QueryEngine>,
     /// Per-source token buckets of the tracking API.
     pub rate_limits: crate::ingest::rate_limit::SourceRateLimits,
     /// The suppression list of erased identifiers, as ingest checks it.
     pub suppressions: Arc<crate::privacy::Suppressions>,
+    /// Whether messages may be waiting for resolution (identity/on_read.rs).
+    pub backlog: Arc<crate::identity::on_read::Backlog>,
     /// Profile lookups by identifier, read together when they arrive together.
     pub lookups: Arc<crate::profiles::lookups::Lookups>,
 }
@@ -99,6 +103,7 @@ impl Application {
         let (url, embedded) = resolve_database(&settings).await?;
         let db = prepare_database(&settings, &url).await?;
         let ttl = Duration::from_secs(settings.ingest.source_cache_ttl_secs);
+        let backlog = Arc::new(crate::identity::on_read::Backlog::default());
         let state = web::Data::new(AppState {
             auth: Authenticator::new(&settings.auth.admin_token, ttl),
             write_keys: WriteKeys::new(ttl),
@@ -106,6 +111,7 @@ impl Application {
             rules: Arc::new(IdentityRules::from_settings(&settings.identity)),
             resolver_wake: Arc::new(Notify::new()),
             resolved: Arc::new(Notify::new()),
+            resolution_asked: Arc::new(Notify::new()),
             query: Arc::new(
                 QueryEngine::new(db.clone())
                     .await
@@ -117,7 +123,8 @@ impl Application {
                 settings.ingest.rate_limit_burst,
             ),
             suppressions: Arc::default(),
-            lookups: Arc::default(),
+            lookups: Arc::new(crate::profiles::lookups::Lookups::new(backlog.clone())),
+            backlog,
             db,
             settings,
         });
@@ -130,6 +137,11 @@ impl Application {
         if state.settings.identity.enabled {
             background.push(tokio::spawn(resolver.run(shutdown_rx.clone())));
         }
+        background.push(tokio::spawn(state.backlog.clone().watch(
+            state.db.clone(),
+            Duration::from_millis(state.settings.identity.poll_interval_ms),
+            shutdown_rx.clone(),
+        )));
         background.push(tokio::spawn(crate::exports::worker::run(
             state.query.clone(),
             state.settings.exports.dir.clone(),

@@ -51,7 +51,8 @@ pub async fn get_profile(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Scope::ProfilesRead)?;
     let id = id.into_inner();
-    let profile = fresh(&state, || store::by_id(&state.db, id))
+    let pending = state.backlog.may_exist();
+    let profile = fresh(&state, || store::by_id(&state.db, id, pending))
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(HttpResponse::Ok().json(profile))

@@ -231,7 +231,7 @@ pub async fn preview(
         // The segment was evaluated over resolved profiles; the sample shows them as they are.
         if let Some(profile) = state
             .db
-            .timed(profiles::by_id(&state.db, *id))
+            .timed(profiles::by_id(&state.db, *id, false))
             .await?
             .profile
         {

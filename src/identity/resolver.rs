@@ -35,6 +35,11 @@ pub struct Resolver {
     pub wake: Arc<Notify>,
     /// Told after every batch commits (reads waiting for events, on_read.rs).
     pub resolved: Arc<Notify>,
+    /// Told when a read of this instance asks for messages to be resolved (on_read.rs).
+    pub asked: Arc<Notify>,
+    /// How long to rest, relative to a batch, while ingest is busy; and the lag that ends resting.
+    pub busy_rest: f64,
+    pub max_lag: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -57,6 +62,9 @@ impl Resolver {
             idle: Duration::from_millis(state.settings.identity.poll_interval_ms),
             wake: state.resolver_wake.clone(),
             resolved: state.resolved.clone(),
+            asked: state.resolution_asked.clone(),
+            busy_rest: state.settings.identity.busy_rest,
+            max_lag: Duration::from_millis(state.settings.identity.max_lag_ms),
             metrics: state.metrics.clone(),
         }
     }
@@ -129,14 +137,77 @@ impl Resolver {
         }
     }
 
+    /// Reads do not wait for the backlog (on_read.rs), so while ingest is busy the resolver
+    /// leaves it the CPU: after a batch that took `worked`, it rests `busy_rest` times as long,
+    /// unless the batch's oldest message (the backlog's, batches being taken oldest first) has
+    /// waited `max_lag` already. It still serves reads meanwhile: at once when a read of this
+    /// instance asks, and every `idle` for those of other instances, it resolves just the
+    /// messages reads wait for, in a batch of their own.
+    async fn rest(
+        &self,
+        clients: &[deadpool_postgres::Object; 2],
+        batch: &Decided,
+        worked: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DbError> {
+        let Some(oldest) = batch.received.iter().min() else {
+            return Ok(());
+        };
+        let waited = (Utc::now() - *oldest).to_std().unwrap_or_default();
+        // (also turns away a NaN from the configuration)
+        if self.busy_rest.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || waited >= self.max_lag
+        {
+            return Ok(());
+        }
+        let rest = Duration::try_from_secs_f64(worked.as_secs_f64() * self.busy_rest)
+            .unwrap_or(Duration::MAX)
+            .min(self.max_lag - waited);
+        let until = tokio::time::Instant::now() + rest;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + self.idle)) => {}
+                _ = self.asked.notified() => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            // A batch of only the requested messages (none of the oldest), if there are any.
+            if let Some(asked) = self.prepare_on(clients, 0, None, 0).await? {
+                let committed = finish(&clients[0], &asked).await?;
+                self.record(&asked, committed);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(());
+            }
+        }
+    }
+
     /// `prepare` on `clients[index]`.
     async fn prepare_on(
         &self,
         clients: &[deadpool_postgres::Object; 2],
         index: usize,
         prior: Option<&Decided>,
+        limit: i64,
     ) -> Result<Option<Decided>, DbError> {
-        prepare(&clients[index], index, &self.rules, self.batch_size, prior).await
+        prepare(&clients[index], index, &self.rules, limit, prior).await
+    }
+
+    /// After `batch` committed at `committed`: wakes the reads waiting for it and counts it.
+    fn record(&self, batch: &Decided, committed: DateTime<Utc>) {
+        self.resolved.notify_waiters();
+        // Freshness as users see it: from receipt to the commit that shows the profile.
+        for received in &batch.received {
+            let lag = (committed - *received).num_microseconds().unwrap_or(0);
+            self.metrics.resolution_lag.observe(lag.max(0) as f64 / 1e6);
+        }
+        self.metrics
+            .events_resolved
+            .inc_by(batch.received.len() as u64);
+        let outcome = batch.outcome;
+        self.metrics.profile_merges.inc_by(outcome.merges as u64);
+        self.metrics
+            .events_suppressed
+            .inc_by(outcome.suppressed as u64);
     }
 
     async fn pipeline(
@@ -146,13 +217,14 @@ impl Resolver {
     ) -> Result<(), DbError> {
         let mut next: Option<Decided> = None;
         let mut last_ingested = self.metrics.events_ingested.get();
+        let mut since_rest = std::time::Instant::now();
         loop {
             if *shutdown.borrow() && next.is_none() {
                 return Ok(());
             }
             let current = match next.take() {
                 Some(decided) => decided,
-                None => match self.prepare_on(clients, 0, None).await? {
+                None => match self.prepare_on(clients, 0, None, self.batch_size).await? {
                     Some(decided) => decided,
                     None => {
                         self.nap(shutdown).await;
@@ -170,35 +242,30 @@ impl Resolver {
                 ingested.saturating_sub(last_ingested) > current.outcome.events as u64;
             last_ingested = ingested;
             let stopping = *shutdown.borrow();
-            let committed = if ingest_busy || stopping {
+            if ingest_busy || stopping {
                 let committed = finish(&clients[current.client], &current).await?;
+                self.record(&current, committed);
+                if ingest_busy && !stopping {
+                    self.rest(clients, &current, since_rest.elapsed(), shutdown)
+                        .await?;
+                    since_rest = std::time::Instant::now();
+                }
                 next = match stopping {
                     true => None,
-                    false => self.prepare_on(clients, other, None).await?,
+                    false => {
+                        self.prepare_on(clients, other, None, self.batch_size)
+                            .await?
+                    }
                 };
-                committed
             } else {
                 let (written, prepared) = tokio::join!(
                     finish(&clients[current.client], &current),
-                    self.prepare_on(clients, other, Some(&current))
+                    self.prepare_on(clients, other, Some(&current), self.batch_size)
                 );
                 next = prepared?;
-                written?
-            };
-            self.resolved.notify_waiters();
-            // Freshness as users see it: from receipt to the commit that shows the profile.
-            for received in &current.received {
-                let lag = (committed - *received).num_microseconds().unwrap_or(0);
-                self.metrics.resolution_lag.observe(lag.max(0) as f64 / 1e6);
+                self.record(&current, written?);
             }
-            self.metrics
-                .events_resolved
-                .inc_by(current.received.len() as u64);
             let outcome = current.outcome;
-            self.metrics.profile_merges.inc_by(outcome.merges as u64);
-            self.metrics
-                .events_suppressed
-                .inc_by(outcome.suppressed as u64);
             if next.is_none() && (outcome.events as i64) < self.batch_size {
                 self.nap(shutdown).await;
             }

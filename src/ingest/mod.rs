@@ -154,6 +154,8 @@ pub async fn ingest(
         ))
         .await?;
     if stored > 0 {
+        // Committed: from here on this instance's reads look for pending messages.
+        state.backlog.stored();
         state.resolver_wake.notify_one();
     }
     let duplicates = request.messages.len() as u64 - stored;

@@ -9,8 +9,8 @@ use super::message::Message;
 use crate::db::{Db, DbError};
 use crate::identity::IdentityRules;
 
-// The event, its row in `event_profiles` (the resolver's queue) and its identifiers in
-// `pending_identifiers` (how a profile read finds it before it is resolved) go in one statement,
+// The event, its row in `event_profiles` (the resolver's queue) and its identifiers' keys
+// in `pending_identifiers` (how a profile read finds it before it is resolved) go in one statement,
 // so one commit makes them durable together. A retried message (a conflict) stores nothing.
 const INSERT: &str = "
 WITH stored AS (
@@ -29,8 +29,8 @@ ON CONFLICT (source_id, message_id) DO NOTHING
 RETURNING seq, ts, message_id),
 queued AS (INSERT INTO event_profiles (seq, ts) SELECT seq, ts FROM stored),
 findable AS (
-INSERT INTO pending_identifiers (kind, value, seq)
-SELECT i.kind, i.value, s.seq
+INSERT INTO pending_identifiers (key, seq)
+SELECT hashtextextended(i.value, hashtext(i.kind)), s.seq
 FROM unnest($19::int4[], $20::text[], $21::text[]) AS i(message, kind, value)
 JOIN stored s ON s.message_id = ($3::text[])[i.message])
 SELECT count(*) FROM stored";

@@ -16,6 +16,7 @@ use super::store::{
     pending_with, profile, Read, PROFILE_FIELDS, PROFILE_FIELD_COUNT, PROFILE_KEYS,
 };
 use crate::db::{Db, DbError};
+use crate::identity::on_read::Backlog;
 
 /// Statements in flight at once; lookups beyond them queue for the next statement. One: at
 /// 5,000 lookups/s two in flight left almost every statement with a single lookup, one gathers
@@ -27,9 +28,21 @@ const MAX_BATCH: usize = 256;
 /// pooled connection are.
 const MAX_QUEUED: usize = 4 * MAX_BATCH;
 
-/// Each queued identifier, numbered by its place in the arrays, joined to its profile (if any),
-/// with the pending events that carry it or one of the profile's identifiers.
-static BATCH: LazyLock<String> = LazyLock::new(|| {
+/// Each queued identifier, numbered by its place in the arrays, joined to its profile, with an
+/// empty list of pending events: what is resolved (while no backlog may exist).
+static RESOLVED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {PROFILE_FIELDS}, q.n, '{{}}'::int8[]
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, n)
+         JOIN identities x ON x.kind = q.kind AND x.value = q.value
+         JOIN profiles p ON p.id = x.profile_id"
+    )
+});
+/// The same with the pending events that carry the identifier or one of the profile's, and a
+/// row for every identifier: one no profile holds yet may be in a pending message. Kept apart,
+/// as the outer joins make PostgreSQL plan the statement afresh on every run (its generic plan
+/// looks costlier than one for the actual arrays), which doubled its CPU a lookup.
+static WITH_PENDING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {PROFILE_FIELDS}, q.n, {}
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, n)
@@ -54,12 +67,19 @@ struct Line {
 }
 
 /// The lookups of one server (shared by its threads).
-#[derive(Default)]
 pub struct Lookups {
     line: Mutex<Line>,
+    backlog: Arc<Backlog>,
 }
 
 impl Lookups {
+    pub fn new(backlog: Arc<Backlog>) -> Self {
+        Lookups {
+            line: Mutex::default(),
+            backlog,
+        }
+    }
+
     /// The profile holding the normalized identifier `(kind, value)`, if any, and the pending
     /// events it would miss.
     pub async fn get(self: &Arc<Self>, db: &Db, kind: String, value: String) -> Answer {
@@ -132,7 +152,7 @@ impl Slot {
     /// Reads `batch`, then whatever queued meanwhile, until the queue is empty.
     async fn drive(mut self, mut batch: Vec<Waiting>) {
         loop {
-            read(&self.db, batch).await;
+            read(&self.db, batch, self.lookups.backlog.may_exist()).await;
             // Seeing the queue empty and giving the slot back happen under one lock: a lookup
             // queued in between would otherwise find the slot taken and wait for no one.
             match self.lookups.next_or_release() {
@@ -173,14 +193,15 @@ fn take(queue: &mut Vec<Waiting>) -> Vec<Waiting> {
     }
 }
 
-/// Answers every lookup of `batch` from one statement.
-async fn read(db: &Db, batch: Vec<Waiting>) {
+/// Answers every lookup of `batch` from one statement; `pending`: looking for pending events.
+async fn read(db: &Db, batch: Vec<Waiting>, pending: bool) {
     let kinds: Vec<&str> = batch.iter().map(|w| w.kind.as_str()).collect();
     let values: Vec<&str> = batch.iter().map(|w| w.value.as_str()).collect();
     let rows = db
         .timed(async {
             let client = db.conn().await?;
-            let statement = client.prepare_cached(&BATCH).await?;
+            let sql: &str = if pending { &WITH_PENDING } else { &RESOLVED };
+            let statement = client.prepare_cached(sql).await?;
             Ok(client.query(&statement, &[&kinds, &values]).await?)
         })
         .await;

@@ -43,12 +43,12 @@ pub(super) const PROFILE_FIELDS: &str = r#"
 pub(super) const PROFILE_FIELD_COUNT: usize = 9;
 
 /// An array column: the events not yet resolved that carry one of the identifiers `keys` selects
-/// (as `kind`, `value`), found through `pending_identifiers` (identity/on_read.rs).
+/// (as `kind`, `value`), found through `pending_identifiers` (identity/on_read.rs), which holds
+/// rows for pending events only: resolving or deleting an event deletes its rows.
 pub(super) fn pending_with(keys: &str) -> String {
     format!(
         "ARRAY(SELECT DISTINCT w.seq FROM ({keys}) AS k
-               JOIN pending_identifiers w ON w.kind = k.kind AND w.value = k.value
-               JOIN event_profiles e ON e.seq = w.seq AND e.resolved_seq IS NULL)"
+               JOIN pending_identifiers w ON w.key = hashtextextended(k.value, hashtext(k.kind)))"
     )
 }
 
@@ -57,13 +57,16 @@ pub(super) const PROFILE_KEYS: &str =
     "SELECT i.kind, i.value FROM identities i WHERE i.profile_id = p.id";
 
 /// By id; a merged-away id gives its survivor (merged_into always names the final survivor).
-static BY_ID: LazyLock<String> = LazyLock::new(|| {
+/// With the pending events that carry one of its identifiers (`BY_ID_WITH_PENDING`), or not.
+fn by_id_statement(pending: &str) -> String {
     format!(
-        "SELECT {PROFILE_FIELDS}, {}
-         FROM profiles p WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)",
-        pending_with(PROFILE_KEYS)
+        "SELECT {PROFILE_FIELDS}, {pending}
+         FROM profiles p WHERE p.id = coalesce((SELECT merged_into FROM profiles WHERE id = $1), $1)"
     )
-});
+}
+static BY_ID_WITH_PENDING: LazyLock<String> =
+    LazyLock::new(|| by_id_statement(&pending_with(PROFILE_KEYS)));
+static BY_ID: LazyLock<String> = LazyLock::new(|| by_id_statement("'{}'::int8[]"));
 
 /// A profile as read, and the events it does not show yet: acknowledged, not yet resolved, and
 /// carrying the identifier asked for or one of the profile's (identity/on_read.rs).
@@ -107,9 +110,11 @@ fn sort_objects_by(array: &mut Value, keys: &[&str]) {
     }
 }
 
-pub async fn by_id(db: &Db, id: Uuid) -> Result<Read, DbError> {
+/// The profile `id` stands for; `pending`: with the pending events it would miss.
+pub async fn by_id(db: &Db, id: Uuid, pending: bool) -> Result<Read, DbError> {
     let client = db.conn().await?;
-    let statement = client.prepare_cached(&BY_ID).await?;
+    let sql: &str = if pending { &BY_ID_WITH_PENDING } else { &BY_ID };
+    let statement = client.prepare_cached(sql).await?;
     let row = client.query_opt(&statement, &[&id]).await?;
     Ok(Read {
         profile: row.as_ref().map(profile),

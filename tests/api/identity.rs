@@ -606,11 +606,33 @@ async fn backlog(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn profile_reads_show_acknowledged_messages_the_resolver_has_not_reached() {
-    // Ten events a batch: the burst below takes the resolver well over a second to clear.
-    let app = spawn_app_with(Options { via_proxy: false }, |s| s.identity.batch_size = 10).await;
+    // Ten events a batch, at full speed: the burst takes the resolver well over a second to
+    // clear, and what reads ask for joins its next batch.
+    let app = spawn_app_with(Options { via_proxy: false }, |s| {
+        s.identity.batch_size = 10;
+        s.identity.busy_rest = 0.0;
+    })
+    .await;
+    reads_see_what_is_pending(&app).await;
+}
+
+#[tokio::test]
+async fn profile_reads_show_acknowledged_messages_while_the_resolver_yields_to_a_burst() {
+    // The resolver rests after the first batch of the burst, for up to 2 s: what reads ask for
+    // is resolved in batches of its own meanwhile.
+    let app = spawn_app_with(Options { via_proxy: false }, |s| {
+        s.identity.batch_size = 10;
+        s.identity.busy_rest = 1000.0;
+        s.identity.max_lag_ms = 2000;
+    })
+    .await;
+    reads_see_what_is_pending(&app).await;
+}
+
+async fn reads_see_what_is_pending(app: &TestApp) {
     let (_, web) = app.create_source("Web shop", "web").await;
     let (_, desk) = app.create_source("Help desk", "support").await;
-    send(&app, &web, vec![json!({"type": "identify", "userId": "grace", "traits": {"email": "grace@example.com", "plan": "free"}, "timestamp": "2024-05-01T10:00:00Z"})]).await;
+    send(app, &web, vec![json!({"type": "identify", "userId": "grace", "traits": {"email": "grace@example.com", "plan": "free"}, "timestamp": "2024-05-01T10:00:00Z"})]).await;
     app.settle().await;
     let grace = app.lookup("user_id", "grace").await;
 
@@ -619,10 +641,10 @@ async fn profile_reads_show_acknowledged_messages_the_resolver_has_not_reached()
         let batch = (0..500)
             .map(|i| json!({"type": "identify", "userId": format!("shopper-{chunk}-{i}"), "timestamp": "2024-05-02T09:00:00Z"}))
             .collect();
-        send(&app, &web, batch).await;
+        send(app, &web, batch).await;
     }
-    send(&app, &web, vec![json!({"type": "identify", "anonymousId": "browser-ada", "traits": {"email": "Ada@Example.com", "name": "Ada"}, "timestamp": "2024-05-02T10:00:00Z"})]).await;
-    send(&app, &desk, vec![json!({"type": "identify", "userId": "grace", "traits": {"plan": "pro"}, "timestamp": "2024-05-02T10:01:00Z"})]).await;
+    send(app, &web, vec![json!({"type": "identify", "anonymousId": "browser-ada", "traits": {"email": "Ada@Example.com", "name": "Ada"}, "timestamp": "2024-05-02T10:00:00Z"})]).await;
+    send(app, &desk, vec![json!({"type": "identify", "userId": "grace", "traits": {"plan": "pro"}, "timestamp": "2024-05-02T10:01:00Z"})]).await;
 
     let ada = app.lookup("email", "ada@example.com").await;
     assert_eq!(
@@ -639,7 +661,7 @@ async fn profile_reads_show_acknowledged_messages_the_resolver_has_not_reached()
         "by another of her identifiers, too"
     );
     assert_eq!(by_email["id"], grace["id"]);
-    let behind = backlog(&app).await;
+    let behind = backlog(app).await;
     assert!(
         behind > 0,
         "the reads did not wait for the burst ahead of them to be resolved"
@@ -653,5 +675,5 @@ async fn profile_reads_show_acknowledged_messages_the_resolver_has_not_reached()
         app.lookup("user_id", "grace").await["traits"]["plan"],
         "pro"
     );
-    assert_eq!(live_profiles(&app).await, 1 + 1500 + 1);
+    assert_eq!(live_profiles(app).await, 1 + 1500 + 1);
 }
