@@ -8,8 +8,8 @@
 //! once they are resolved. The resolver adds requested messages to its next batch, so a read
 //! waits for about one batch, not the backlog.
 //!
-//! Looking for pending messages costs a lookup about a third more of PostgreSQL's time, so a
-//! read looks only while a backlog may exist (`Backlog`): from the moment this instance stores a
+//! Looking for pending messages nearly doubles what a lookup costs PostgreSQL (BENCHMARKS.md), so
+//! a read looks only while a backlog may exist (`Backlog`): from the moment this instance stores a
 //! message, or another instance's shows up in the periodic check, until a check finds none.
 //!
 //! Resolving a message ahead of older pending ones is what the resolver would have done had it

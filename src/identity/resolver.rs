@@ -217,6 +217,7 @@ impl Resolver {
     ) -> Result<(), DbError> {
         let mut next: Option<Decided> = None;
         let mut last_ingested = self.metrics.events_ingested.get();
+        // When the resolver last rested, napped or overlapped: what a resting batch took since.
         let mut since_rest = std::time::Instant::now();
         loop {
             if *shutdown.borrow() && next.is_none() {
@@ -228,6 +229,7 @@ impl Resolver {
                     Some(decided) => decided,
                     None => {
                         self.nap(shutdown).await;
+                        since_rest = std::time::Instant::now();
                         continue;
                     }
                 },
@@ -264,10 +266,12 @@ impl Resolver {
                 );
                 next = prepared?;
                 self.record(&current, written?);
+                since_rest = std::time::Instant::now();
             }
             let outcome = current.outcome;
             if next.is_none() && (outcome.events as i64) < self.batch_size {
                 self.nap(shutdown).await;
+                since_rest = std::time::Instant::now();
             }
         }
     }
