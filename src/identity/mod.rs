@@ -108,6 +108,26 @@ impl IdentityRules {
         Some(value)
     }
 
+    /// Every identifier a message may be matched on, with an alias's `previousId` read both as a
+    /// user id and as an anonymous id: which one it is depends on the profiles when it resolves.
+    /// (Without a `previousId` the two readings are the same, and the message is read once.)
+    pub fn extract_either<'a>(
+        &self,
+        message: impl Fn(&'static str) -> MessageIds<'a>,
+    ) -> Vec<Identifier> {
+        let as_user = message(USER_ID);
+        let alias = as_user.previous_id.is_some();
+        let mut ids = self.extract(&as_user);
+        if alias {
+            for id in self.extract(&message(ANONYMOUS_ID)) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
+    }
+
     /// Every usable identifier of a stored message, highest priority first, without duplicates.
     pub fn extract(&self, message: &MessageIds<'_>) -> Vec<Identifier> {
         let mut ids: Vec<Identifier> = Vec::new();
@@ -152,23 +172,6 @@ impl IdentityRules {
             }
         }
         ids.sort_by_key(|id| self.rank(&id.kind));
-        ids
-    }
-}
-
-impl IdentityRules {
-    /// Every identifier a message may be matched on, with an alias's `previousId` read both as a
-    /// user id and as an anonymous id: which one it is depends on the profiles when it resolves.
-    pub fn extract_either<'a>(
-        &self,
-        message: impl Fn(&'static str) -> MessageIds<'a>,
-    ) -> Vec<Identifier> {
-        let mut ids = self.extract(&message(USER_ID));
-        for id in self.extract(&message(ANONYMOUS_ID)) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
         ids
     }
 }

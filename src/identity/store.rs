@@ -2,6 +2,8 @@
 //! `event_profiles` (each event's profile and resolution order). Every function runs inside the resolver's
 //! transaction, one statement per batch of rows.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -67,15 +69,17 @@ pub async fn pending_events(
     limit: i64,
     skip: &[i64],
 ) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {PENDING_FIELDS}
-         FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL AND seq <> ALL($2)
-               ORDER BY seq LIMIT $1) AS p
-         JOIN events e ON e.seq = p.seq
-         ORDER BY e.seq"
-    );
+    static OLDEST: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {PENDING_FIELDS}
+             FROM (SELECT seq FROM event_profiles WHERE resolved_seq IS NULL AND seq <> ALL($2)
+                   ORDER BY seq LIMIT $1) AS p
+             JOIN events e ON e.seq = p.seq
+             ORDER BY e.seq"
+        )
+    });
     let rows = tx
-        .query(&tx.prepare_cached(&sql).await?, &[&limit, &skip])
+        .query(&tx.prepare_cached(&OLDEST).await?, &[&limit, &skip])
         .await?;
     Ok(rows.iter().map(pending_event).collect())
 }
@@ -85,12 +89,16 @@ pub async fn pending_among(
     tx: &impl GenericClient,
     seqs: &[i64],
 ) -> Result<Vec<PendingEvent>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {PENDING_FIELDS}
-         FROM event_profiles p JOIN events e ON e.seq = p.seq
-         WHERE p.seq = ANY($1) AND p.resolved_seq IS NULL"
-    );
-    let rows = tx.query(&tx.prepare_cached(&sql).await?, &[&seqs]).await?;
+    static AMONG: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {PENDING_FIELDS}
+             FROM event_profiles p JOIN events e ON e.seq = p.seq
+             WHERE p.seq = ANY($1) AND p.resolved_seq IS NULL"
+        )
+    });
+    let rows = tx
+        .query(&tx.prepare_cached(&AMONG).await?, &[&seqs])
+        .await?;
     Ok(rows.iter().map(pending_event).collect())
 }
 

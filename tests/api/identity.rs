@@ -8,17 +8,18 @@ fn pair(kind: &str, value: &str) -> (String, String) {
     (kind.to_string(), value.to_string())
 }
 
+/// The one number `sql` selects.
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.db().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 /// How many profiles are live (not merged away).
 async fn live_profiles(app: &TestApp) -> i64 {
-    app.db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    count(
+        app,
+        "SELECT count(*) FROM profiles WHERE merged_into IS NULL",
+    )
+    .await
 }
 
 /// The items of a profile's merge lineage (`GET /v1/profiles/{id}/merges`).
@@ -593,15 +594,11 @@ async fn a_lookup_of_a_value_no_identifier_can_hold_is_not_found() {
 
 /// Events of the resolver's queue not resolved yet.
 async fn backlog(app: &TestApp) -> i64 {
-    app.db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    count(
+        app,
+        "SELECT count(*) FROM event_profiles WHERE resolved_seq IS NULL",
+    )
+    .await
 }
 
 #[tokio::test]
